@@ -1,0 +1,140 @@
+//! Builds every part of `meter serve` from the [`Config`], owns its tasks, and shuts them down
+//! in order: stop accepting, let calls in flight finish (bounded), write every pending record.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::ledger::writer;
+use crate::metrics::Metrics;
+use crate::proxy::{self, forward, router::RouteTable, ProxyState};
+
+/// How long shutdown waits for the ledger writer to commit what is queued.
+const WRITER_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The bound listeners; tests bind port 0 and read the addresses back.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let proxy = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {} (server.listen)", config.server.listen)
+            })?;
+        let metrics = TcpListener::bind(config.server.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (server.metrics_listen)",
+                    config.server.metrics_listen
+                )
+            })?;
+        Ok(Listeners { proxy, metrics })
+    }
+}
+
+/// Runs the proxy, the metrics listener and the ledger writer until `shutdown` resolves, then
+/// drains. Returns once every record is written.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let (recorder, writer) = writer::open(&config.store, metrics.clone())?;
+    let client = forward::client(&config.upstream)?;
+    let proxy_state = Arc::new(ProxyState {
+        routes: RouteTable::new(&config),
+        client,
+        recorder,
+        max_request_body_bytes: config.server.max_request_body_bytes,
+        max_parse_body_bytes: config.server.max_parse_body_bytes,
+    });
+    let admin_state = Arc::new(AdminState {
+        metrics,
+        ready: AtomicBool::new(true),
+    });
+
+    let (stop, stopped) = watch::channel(false);
+    let proxy_task = tokio::spawn(proxy::serve(
+        listeners.proxy,
+        proxy_state,
+        stopped.clone(),
+        config.server.drain_timeout,
+    ));
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.metrics,
+        admin_state.clone(),
+        stopped,
+    ));
+
+    shutdown.await;
+    tracing::info!(
+        drain_timeout_secs = config.server.drain_timeout.as_secs(),
+        "shutting down: no new connections, letting calls in flight finish"
+    );
+    admin_state.ready.store(false, Ordering::Relaxed);
+    let _ = stop.send(true);
+    // The proxy task owns the last `ProxyState`, hence the last `Recorder`: once it returns,
+    // the writer sees the channel close after the final record.
+    if let Err(err) = proxy_task.await {
+        tracing::error!(error = %err, "proxy task failed");
+    }
+    // A ledger that keeps failing must not hold the process forever; what is still queued then
+    // is reported as lost and the exit status says so.
+    let pending = admin_state.metrics.ledger_pending_records.clone();
+    match tokio::time::timeout(
+        WRITER_SHUTDOWN_TIMEOUT,
+        tokio::task::spawn_blocking(move || writer.join()),
+    )
+    .await
+    {
+        Ok(joined) => joined.context("waiting for the ledger writer")?,
+        Err(_) => anyhow::bail!(
+            "the ledger could not be written for {}s; {} records were not written",
+            WRITER_SHUTDOWN_TIMEOUT.as_secs(),
+            pending.get()
+        ),
+    }
+    let _ = admin_task.await;
+    tracing::info!("every record written; bye");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

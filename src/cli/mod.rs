@@ -1,0 +1,71 @@
+//! The command line: clap definitions and one function per subcommand.
+
+pub mod init;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, ConfigSource};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meter",
+    version,
+    about = "Usage-metering and spend-monitoring sidecar for AI agents",
+    long_about = "Usage-metering and spend-monitoring sidecar for AI agents.\n\nPoint an agent's base URL at meter (e.g. OPENAI_BASE_URL=http://127.0.0.1:8787/openai/v1); meter forwards every call untouched, reads the token usage from the response and records one row per call in a SQLite ledger."
+)]
+pub struct Cli {
+    /// Configuration file [default: ./meter.toml when it exists, else built-in defaults]
+    #[arg(long, global = true, env = "METER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// SQLite ledger file; overrides `store.path`
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy, the metrics endpoint and the ledger writer
+    Serve(serve::ServeArgs),
+    /// Write a commented meter.toml with every key at its default
+    Init(init::InitArgs),
+}
+
+/// A failure, classified for the exit status: 2 for usage or configuration, 1 for runtime.
+#[derive(Debug)]
+pub enum Failure {
+    Usage(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(err: ConfigError) -> Self {
+        Failure::Usage(err.into())
+    }
+}
+
+impl Cli {
+    /// Loads the configuration the global flags point at, with `--db` applied.
+    pub fn load_config(&self) -> Result<Config, Failure> {
+        let source = ConfigSource::resolve(self.config.as_deref());
+        let mut config = Config::load(&source)?;
+        if let Some(db) = &self.db {
+            config.store.path = db.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Serve(args) => serve::run(&cli, args),
+        Command::Init(args) => init::run(args),
+    }
+}

@@ -1,0 +1,83 @@
+//! `meter serve`: binds the listeners, prints the base URLs to export, runs until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+
+use super::{Cli, Failure};
+use crate::app::{self, Listeners};
+use crate::config::Config;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Proxy address; overrides `server.listen` (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Metrics address; overrides `server.metrics_listen`
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+pub fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
+    let mut config = cli.load_config()?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(listen) = args.metrics_listen {
+        config.server.metrics_listen = listen;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meter")
+        .build()
+        .map_err(|err| Failure::Runtime(err.into()))?;
+    runtime.block_on(async move {
+        let listeners = Listeners::bind(&config).await.map_err(Failure::Runtime)?;
+        let proxy = listeners
+            .proxy
+            .local_addr()
+            .map_err(|e| Failure::Runtime(e.into()))?;
+        let metrics = listeners
+            .metrics
+            .local_addr()
+            .map_err(|e| Failure::Runtime(e.into()))?;
+        print_banner(&config, proxy, metrics);
+        app::run(config, listeners, app::shutdown_signal())
+            .await
+            .map_err(Failure::Runtime)
+    })
+}
+
+/// The first lines on stdout: where meter listens and what to export. Tests read the first line.
+fn print_banner(config: &Config, proxy: SocketAddr, metrics: SocketAddr) {
+    use std::io::Write;
+    let base = format!("http://{proxy}");
+    let mut out = String::new();
+    out.push_str(&format!(
+        "meter listening on {base} (metrics http://{metrics}/metrics), ledger {}\n",
+        config.store.path.display()
+    ));
+    out.push_str("point your agents at meter:\n");
+    for (var, suffix) in [
+        ("OPENAI_BASE_URL", "/openai/v1"),
+        ("ANTHROPIC_BASE_URL", "/anthropic"),
+        ("GOOGLE_GEMINI_BASE_URL", "/gemini"),
+        ("OPENROUTER_BASE_URL", "/openrouter/v1"),
+    ] {
+        out.push_str(&format!("  export {var}={base}{suffix}\n"));
+    }
+    let others: Vec<String> = config
+        .providers
+        .iter()
+        .filter(|p| {
+            !matches!(
+                p.name.as_str(),
+                "openai" | "anthropic" | "gemini" | "openrouter"
+            )
+        })
+        .map(|p| format!("{base}/{}", p.name))
+        .collect();
+    out.push_str(&format!("  other providers: {}\n", others.join(" ")));
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+}

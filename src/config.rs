@@ -1,0 +1,892 @@
+//! Configuration: raw TOML structs mirroring `meter.toml`, then one validating conversion into
+//! [`Config`]. All defaults live here, once; `meter init` renders them. Nothing past this module
+//! sees raw strings from the file.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error: names the file, the key path and the reason in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("config {file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+/// The wire format a provider speaks by default (SPEC §2 `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireKind {
+    OpenAi,
+    Anthropic,
+    Gemini,
+    Ollama,
+}
+
+impl WireKind {
+    fn parse(value: &str) -> Option<WireKind> {
+        match value {
+            "openai" => Some(WireKind::OpenAi),
+            "anthropic" => Some(WireKind::Anthropic),
+            "gemini" => Some(WireKind::Gemini),
+            "ollama" => Some(WireKind::Ollama),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireKind::OpenAi => "openai",
+            WireKind::Anthropic => "anthropic",
+            WireKind::Gemini => "gemini",
+            WireKind::Ollama => "ollama",
+        }
+    }
+}
+
+/// The routing tier of a provider: the three tiers of the hybrid setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Route {
+    Direct,
+    Router,
+    Local,
+}
+
+impl Route {
+    fn parse(value: &str) -> Option<Route> {
+        match value {
+            "direct" => Some(Route::Direct),
+            "router" => Some(Route::Router),
+            "local" => Some(Route::Local),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Router => "router",
+            Route::Local => "local",
+        }
+    }
+
+    pub const ALL: [Route; 3] = [Route::Direct, Route::Router, Route::Local];
+}
+
+/// How sensitive an agent's data is (SPEC §1 `data_class`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataClass {
+    Public,
+    Confidential,
+    Regulated,
+}
+
+impl DataClass {
+    fn parse(value: &str) -> Option<DataClass> {
+        match value {
+            "public" => Some(DataClass::Public),
+            "confidential" => Some(DataClass::Confidential),
+            "regulated" => Some(DataClass::Regulated),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataClass::Public => "public",
+            DataClass::Confidential => "confidential",
+            DataClass::Regulated => "regulated",
+        }
+    }
+}
+
+/// A parsed upstream base URL: scheme, authority and an optional path prefix (no trailing `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub https: bool,
+    pub authority: http::uri::Authority,
+    pub base_path: String,
+}
+
+impl Upstream {
+    pub fn parse(value: &str) -> Result<Upstream, String> {
+        let uri: http::Uri = value
+            .parse()
+            .map_err(|err| format!("invalid URL {value:?}: {err}"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("URL {value:?} must start with http:// or https://")),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("URL {value:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("URL {value:?} must not carry credentials"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("URL {value:?} must not have a query"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(Upstream {
+            https,
+            authority,
+            base_path,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority, self.base_path)
+    }
+}
+
+/// A provider meter routes to (built-in or from config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provider {
+    pub name: String,
+    pub upstream: Upstream,
+    pub kind: WireKind,
+    pub route: Route,
+    pub markup: f64,
+    pub hosts: Vec<String>,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// An agent known by name, with the fingerprints of its API keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub name: String,
+    pub keys: Vec<String>,
+    pub data_class: DataClass,
+    pub routes: BTreeSet<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub drain_timeout: Duration,
+    pub max_request_body_bytes: u64,
+    pub max_parse_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub batch_size: usize,
+    pub busy_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub timezone: chrono_tz::Tz,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub upstream: UpstreamConfig,
+    pub providers: Vec<Provider>,
+    pub agents: Vec<Agent>,
+}
+
+/// Built-in providers (SPEC §2): name, upstream, kind, route.
+pub const BUILTIN_PROVIDERS: &[(&str, &str, WireKind, Route)] = &[
+    (
+        "openai",
+        "https://api.openai.com",
+        WireKind::OpenAi,
+        Route::Direct,
+    ),
+    (
+        "anthropic",
+        "https://api.anthropic.com",
+        WireKind::Anthropic,
+        Route::Direct,
+    ),
+    (
+        "gemini",
+        "https://generativelanguage.googleapis.com",
+        WireKind::Gemini,
+        Route::Direct,
+    ),
+    (
+        "openrouter",
+        "https://openrouter.ai/api",
+        WireKind::OpenAi,
+        Route::Router,
+    ),
+    (
+        "mistral",
+        "https://api.mistral.ai",
+        WireKind::OpenAi,
+        Route::Direct,
+    ),
+    ("xai", "https://api.x.ai", WireKind::OpenAi, Route::Direct),
+    (
+        "deepseek",
+        "https://api.deepseek.com",
+        WireKind::OpenAi,
+        Route::Direct,
+    ),
+    (
+        "groq",
+        "https://api.groq.com/openai",
+        WireKind::OpenAi,
+        Route::Direct,
+    ),
+    (
+        "ollama",
+        "http://127.0.0.1:11434",
+        WireKind::Ollama,
+        Route::Local,
+    ),
+    (
+        "vllm",
+        "http://127.0.0.1:8000",
+        WireKind::OpenAi,
+        Route::Local,
+    ),
+];
+
+// Defaults, once.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+const DEFAULT_DB: &str = "meter.db";
+const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
+const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 32 * 1024 * 1024;
+const DEFAULT_MAX_PARSE_BODY_BYTES: u64 = 64 * 1024 * 1024;
+const DEFAULT_BATCH_SIZE: usize = 512;
+const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+// Reasoning models can think for many minutes before the first byte of a non-streaming answer.
+const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 900;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+const DEFAULT_POOL_IDLE_TIMEOUT_SECS: u64 = 90;
+const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    timezone: String,
+    server: RawServer,
+    store: RawStore,
+    upstream: RawUpstream,
+    provider: Vec<RawProvider>,
+    agent: Vec<RawAgent>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            timezone: "UTC".to_string(),
+            server: RawServer::default(),
+            store: RawStore::default(),
+            upstream: RawUpstream::default(),
+            provider: Vec::new(),
+            agent: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    metrics_listen: String,
+    drain_timeout_secs: u64,
+    max_request_body_bytes: u64,
+    max_parse_body_bytes: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: DEFAULT_LISTEN.to_string(),
+            metrics_listen: DEFAULT_METRICS_LISTEN.to_string(),
+            drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
+            max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+            max_parse_body_bytes: DEFAULT_MAX_PARSE_BODY_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    path: String,
+    batch_size: usize,
+    busy_timeout_ms: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            path: DEFAULT_DB.to_string(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            busy_timeout_ms: DEFAULT_BUSY_TIMEOUT_MS,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    connect_timeout_secs: u64,
+    response_timeout_secs: u64,
+    idle_timeout_secs: u64,
+    pool_idle_timeout_secs: u64,
+    pool_max_idle_per_host: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
+            response_timeout_secs: DEFAULT_RESPONSE_TIMEOUT_SECS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            pool_idle_timeout_secs: DEFAULT_POOL_IDLE_TIMEOUT_SECS,
+            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    upstream: Option<String>,
+    kind: Option<String>,
+    route: Option<String>,
+    markup: Option<f64>,
+    hosts: Option<Vec<String>>,
+    response_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: String,
+    #[serde(default)]
+    keys: Vec<String>,
+    data_class: Option<String>,
+    routes: Option<Vec<String>>,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// No file: built-in defaults.
+    Defaults,
+    File(PathBuf),
+}
+
+impl ConfigSource {
+    /// `--config`/`METER_CONFIG` when given, else `./meter.toml` when it exists, else defaults.
+    pub fn resolve(explicit: Option<&Path>) -> ConfigSource {
+        match explicit {
+            Some(path) => ConfigSource::File(path.to_path_buf()),
+            None => {
+                let local = Path::new("meter.toml");
+                if local.is_file() {
+                    ConfigSource::File(local.to_path_buf())
+                } else {
+                    ConfigSource::Defaults
+                }
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the configuration from `source`.
+    pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+        match source {
+            ConfigSource::Defaults => Config::from_toml("", "<built-in defaults>"),
+            ConfigSource::File(path) => {
+                let file = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    file: file.clone(),
+                    source,
+                })?;
+                Config::from_toml(&text, &file)
+            }
+        }
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            message,
+        };
+        let value: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+            let location = err
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            invalid(format!("{location}{}", err.message()))
+        })?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|err| {
+                let path = err.path().to_string();
+                let inner = err.into_inner();
+                let message = inner.message().to_string();
+                if path == "." || path.is_empty() {
+                    invalid(message)
+                } else {
+                    invalid(format!("{path}: {message}"))
+                }
+            })?;
+        raw.validate().map_err(invalid)
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{key}: invalid listen address {value:?} (expected IP:PORT)"))
+}
+
+/// Names used in URL paths and as metric label values: provider and agent names.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name != "."
+        && name != ".."
+}
+
+fn positive_secs(key: &str, secs: u64) -> Result<Duration, String> {
+    if secs == 0 {
+        return Err(format!("{key}: must be at least 1"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, String> {
+        let timezone: chrono_tz::Tz = self.timezone.parse().map_err(|_| {
+            format!(
+                "timezone: unknown time zone {:?} (expected an IANA name such as \"Europe/Paris\")",
+                self.timezone
+            )
+        })?;
+        let server = ServerConfig {
+            listen: parse_addr("server.listen", &self.server.listen)?,
+            metrics_listen: parse_addr("server.metrics_listen", &self.server.metrics_listen)?,
+            drain_timeout: Duration::from_secs(self.server.drain_timeout_secs),
+            max_request_body_bytes: self.server.max_request_body_bytes,
+            max_parse_body_bytes: self.server.max_parse_body_bytes,
+        };
+        if server.max_request_body_bytes == 0 {
+            return Err("server.max_request_body_bytes: must be at least 1".to_string());
+        }
+        if self.store.path.trim().is_empty() {
+            return Err("store.path: must not be empty".to_string());
+        }
+        if self.store.batch_size == 0 {
+            return Err("store.batch_size: must be at least 1".to_string());
+        }
+        let store = StoreConfig {
+            path: PathBuf::from(&self.store.path),
+            batch_size: self.store.batch_size,
+            busy_timeout: Duration::from_millis(self.store.busy_timeout_ms),
+        };
+        let upstream = UpstreamConfig {
+            connect_timeout: positive_secs(
+                "upstream.connect_timeout_secs",
+                self.upstream.connect_timeout_secs,
+            )?,
+            pool_idle_timeout: Duration::from_secs(self.upstream.pool_idle_timeout_secs),
+            pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
+        };
+        let default_response_timeout = positive_secs(
+            "upstream.response_timeout_secs",
+            self.upstream.response_timeout_secs,
+        )?;
+        let default_idle_timeout = positive_secs(
+            "upstream.idle_timeout_secs",
+            self.upstream.idle_timeout_secs,
+        )?;
+
+        let mut providers: Vec<Provider> = BUILTIN_PROVIDERS
+            .iter()
+            .map(|(name, upstream, kind, route)| {
+                let upstream = Upstream::parse(upstream).expect("built-in upstream URLs are valid");
+                Provider {
+                    name: name.to_string(),
+                    hosts: vec![upstream.host().to_string()],
+                    upstream,
+                    kind: *kind,
+                    route: *route,
+                    markup: 0.0,
+                    response_timeout: default_response_timeout,
+                    idle_timeout: default_idle_timeout,
+                }
+            })
+            .collect();
+        let mut seen = BTreeSet::new();
+        for (index, raw) in self.provider.into_iter().enumerate() {
+            let key = format!("provider[{index}]");
+            if !is_valid_name(&raw.name) || raw.name == "agent" {
+                return Err(format!(
+                    "{key}.name: {:?} is not a valid provider name (letters, digits, '-', '_', '.'; not \"agent\")",
+                    raw.name
+                ));
+            }
+            if !seen.insert(raw.name.clone()) {
+                return Err(format!(
+                    "{key}.name: provider {:?} is configured twice",
+                    raw.name
+                ));
+            }
+            let existing = providers.iter().position(|p| p.name == raw.name);
+            let upstream = match (&raw.upstream, existing) {
+                (Some(url), _) => {
+                    Upstream::parse(url).map_err(|e| format!("{key}.upstream: {e}"))?
+                }
+                (None, Some(i)) => providers[i].upstream.clone(),
+                (None, None) => {
+                    return Err(format!(
+                        "{key}.upstream: required for provider {:?}, which is not built in",
+                        raw.name
+                    ))
+                }
+            };
+            let kind = match (&raw.kind, existing) {
+                (Some(kind), _) => WireKind::parse(kind).ok_or_else(|| {
+                    format!("{key}.kind: unknown wire format {kind:?} (openai, anthropic, gemini, ollama)")
+                })?,
+                (None, Some(i)) => providers[i].kind,
+                (None, None) => WireKind::OpenAi,
+            };
+            let route = match (&raw.route, existing) {
+                (Some(route), _) => Route::parse(route).ok_or_else(|| {
+                    format!("{key}.route: unknown route {route:?} (direct, router, local)")
+                })?,
+                (None, Some(i)) => providers[i].route,
+                (None, None) => Route::Direct,
+            };
+            let markup = raw
+                .markup
+                .or(existing.map(|i| providers[i].markup))
+                .unwrap_or(0.0);
+            if !markup.is_finite() || !(0.0..=10.0).contains(&markup) {
+                return Err(format!(
+                    "{key}.markup: {markup} is not a fraction between 0 and 10"
+                ));
+            }
+            let hosts = match raw.hosts {
+                Some(hosts) => {
+                    for host in &hosts {
+                        if host.is_empty() || host.contains(['/', ' ', ':']) {
+                            return Err(format!("{key}.hosts: {host:?} is not a host name"));
+                        }
+                    }
+                    hosts
+                }
+                None => match existing {
+                    // A built-in keeps its public host even when its upstream is moved.
+                    Some(i) => providers[i].hosts.clone(),
+                    None => vec![upstream.host().to_string()],
+                },
+            };
+            let response_timeout = match raw.response_timeout_secs {
+                Some(secs) => positive_secs(&format!("{key}.response_timeout_secs"), secs)?,
+                None => default_response_timeout,
+            };
+            let idle_timeout = match raw.idle_timeout_secs {
+                Some(secs) => positive_secs(&format!("{key}.idle_timeout_secs"), secs)?,
+                None => default_idle_timeout,
+            };
+            let provider = Provider {
+                name: raw.name,
+                upstream,
+                kind,
+                route,
+                markup,
+                hosts,
+                response_timeout,
+                idle_timeout,
+            };
+            match existing {
+                Some(i) => providers[i] = provider,
+                None => providers.push(provider),
+            }
+        }
+
+        let mut agents = Vec::new();
+        let mut agent_names = BTreeSet::new();
+        let mut fingerprints = BTreeSet::new();
+        for (index, raw) in self.agent.into_iter().enumerate() {
+            let key = format!("agent[{index}]");
+            if !is_valid_name(&raw.name) {
+                return Err(format!(
+                    "{key}.name: {:?} is not a valid agent name (1-64 letters, digits, '-', '_', '.')",
+                    raw.name
+                ));
+            }
+            if !agent_names.insert(raw.name.clone()) {
+                return Err(format!(
+                    "{key}.name: agent {:?} is configured twice",
+                    raw.name
+                ));
+            }
+            let mut keys = Vec::new();
+            for fingerprint in raw.keys {
+                let normalized = fingerprint.to_ascii_lowercase();
+                if normalized.len() != 12 || !normalized.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "{key}.keys: {fingerprint:?} is not a key fingerprint (12 hex characters of sha256(key); never the key itself)"
+                    ));
+                }
+                if !fingerprints.insert(normalized.clone()) {
+                    return Err(format!(
+                        "{key}.keys: fingerprint {normalized:?} is listed for two agents"
+                    ));
+                }
+                keys.push(normalized);
+            }
+            let data_class = match raw.data_class {
+                Some(class) => DataClass::parse(&class).ok_or_else(|| {
+                    format!("{key}.data_class: unknown class {class:?} (public, confidential, regulated)")
+                })?,
+                None => DataClass::Public,
+            };
+            let routes = match raw.routes {
+                Some(routes) => routes
+                    .iter()
+                    .map(|route| {
+                        Route::parse(route).ok_or_else(|| {
+                            format!("{key}.routes: unknown route {route:?} (direct, router, local)")
+                        })
+                    })
+                    .collect::<Result<BTreeSet<_>, _>>()?,
+                None => Route::ALL.into_iter().collect(),
+            };
+            agents.push(Agent {
+                name: raw.name,
+                keys,
+                data_class,
+                routes,
+            });
+        }
+
+        Ok(Config {
+            timezone,
+            server,
+            store,
+            upstream,
+            providers,
+            agents,
+        })
+    }
+}
+
+/// The commented `meter.toml` that `meter init` writes: every key at its default.
+pub fn render_default_config() -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"# meter.toml: every key at its default. Delete what you do not change.
+# Docs: README.md. Money is USD; durations are in the key's unit.
+
+timezone = "UTC"                         # IANA zone for periods, budgets and schedules
+
+[server]
+listen = "{DEFAULT_LISTEN}"              # the proxy; keep it on loopback unless you front it
+metrics_listen = "{DEFAULT_METRICS_LISTEN}"      # /metrics, /healthz, /readyz
+drain_timeout_secs = {DEFAULT_DRAIN_TIMEOUT_SECS}                # on SIGTERM: how long in-flight calls may finish
+max_request_body_bytes = {DEFAULT_MAX_REQUEST_BODY_BYTES}       # larger request bodies get 413
+max_parse_body_bytes = {DEFAULT_MAX_PARSE_BODY_BYTES}         # cap on (decompressed) bytes read for usage
+
+[store]
+path = "{DEFAULT_DB}"                      # SQLite ledger (WAL); --db overrides it
+batch_size = {DEFAULT_BATCH_SIZE}                         # records per write transaction, at most
+busy_timeout_ms = {DEFAULT_BUSY_TIMEOUT_MS}                   # wait this long for a lock before retrying
+
+[upstream]
+connect_timeout_secs = {DEFAULT_CONNECT_TIMEOUT_SECS}
+response_timeout_secs = {DEFAULT_RESPONSE_TIMEOUT_SECS}              # until the response headers arrive (504 after)
+idle_timeout_secs = {DEFAULT_IDLE_TIMEOUT_SECS}                  # longest silence inside a response body
+pool_idle_timeout_secs = {DEFAULT_POOL_IDLE_TIMEOUT_SECS}
+pool_max_idle_per_host = {DEFAULT_POOL_MAX_IDLE_PER_HOST}
+
+# Built-in providers. Each can be overridden by name or a new one added with a [[provider]]
+# entry; keys left out keep the built-in value (for a new provider: kind "openai",
+# route "direct", markup 0). response_timeout_secs and idle_timeout_secs override [upstream].
+#"#
+    );
+    for (name, upstream, kind, route) in BUILTIN_PROVIDERS {
+        let host = Upstream::parse(upstream)
+            .map(|u| u.host().to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# [[provider]]\n# name = \"{name}\"\n# upstream = \"{upstream}\"\n# kind = \"{}\"\n# route = \"{}\"\n# markup = 0.0\n# hosts = [\"{host}\"]\n#",
+            kind.as_str(),
+            route.as_str()
+        );
+    }
+    out.push_str(
+        r#"# An OpenAI-compatible host of your own:
+# [[provider]]
+# name = "azure"
+# upstream = "https://myresource.openai.azure.com"
+# kind = "openai"
+
+# Agents, attributed by the fingerprint of their API key: the first 12 hex characters of
+# sha256(key). Never put a key itself here. Requests can also name their agent with the
+# X-Meter-Agent header or the path form /agent/<name>/<provider>/...
+# [[agent]]
+# name = "coder"
+# keys = ["3f9a1c0b2d4e"]
+# data_class = "public"                  # public | confidential | regulated
+# routes = ["direct", "router", "local"] # routes this agent may use; others get 403
+"#,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml(text, "meter.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_have_every_builtin_provider() {
+        let config = Config::from_toml("", "x").unwrap();
+        assert_eq!(config.providers.len(), BUILTIN_PROVIDERS.len());
+        let openrouter = config
+            .providers
+            .iter()
+            .find(|p| p.name == "openrouter")
+            .unwrap();
+        assert_eq!(openrouter.upstream.base_path, "/api");
+        assert_eq!(openrouter.route, Route::Router);
+        assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn init_output_parses_back_to_defaults() {
+        let rendered = render_default_config();
+        let parsed = Config::from_toml(&rendered, "init").unwrap();
+        assert_eq!(parsed, Config::from_toml("", "x").unwrap());
+        // Uncommenting every provider block reproduces the built-ins exactly.
+        let uncommented: String = rendered
+            .lines()
+            .map(|line| {
+                if line.starts_with("# [[provider]]")
+                    || (line.starts_with("# ") && line.contains(" = ") && !line.contains("azure"))
+                {
+                    line.trim_start_matches("# ").to_string()
+                } else {
+                    line.to_string()
+                }
+            })
+            .take_while(|line| !line.contains("An OpenAI-compatible host"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed = Config::from_toml(&uncommented, "init").unwrap();
+        assert_eq!(parsed, Config::from_toml("", "x").unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_reason() {
+        let cases = [
+            (
+                "[server]\nlisten = \"nope\"",
+                "server.listen: invalid listen address",
+            ),
+            ("[server]\nlisten = 5", "server.listen: invalid type"),
+            ("[server]\nlistn = \"x\"", "unknown field `listn`"),
+            ("timezone = \"Mars/Base\"", "timezone: unknown time zone"),
+            (
+                "[[provider]]\nname = \"acme\"",
+                "provider[0].upstream: required",
+            ),
+            (
+                "[[provider]]\nname = \"openai\"\nroute = \"sideways\"",
+                "provider[0].route: unknown route",
+            ),
+            (
+                "[[provider]]\nname = \"x\"\nupstream = \"ftp://h\"",
+                "provider[0].upstream: URL",
+            ),
+            (
+                "[[agent]]\nname = \"a\"\nkeys = [\"sk-live\"]",
+                "agent[0].keys:",
+            ),
+            ("[[agent]]\nname = \"a b\"", "agent[0].name:"),
+            ("[server\n", "line 1:"),
+            (
+                "[upstream]\nconnect_timeout_secs = 0",
+                "upstream.connect_timeout_secs",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = error_of(text);
+            assert!(
+                error.contains(expected),
+                "{text:?}: got {error:?}, want {expected:?}"
+            );
+            assert!(error.starts_with("config meter.toml: "), "{error}");
+            assert!(!error.contains('\n'), "one line: {error:?}");
+        }
+    }
+
+    #[test]
+    fn provider_override_keeps_unset_keys() {
+        let config = Config::from_toml(
+            "[[provider]]\nname = \"openai\"\nupstream = \"http://127.0.0.1:9\"\n\n[[provider]]\nname = \"azure\"\nupstream = \"https://r.openai.azure.com/\"\nroute = \"direct\"",
+            "x",
+        )
+        .unwrap();
+        let openai = config
+            .providers
+            .iter()
+            .find(|p| p.name == "openai")
+            .unwrap();
+        assert_eq!(openai.upstream.to_string(), "http://127.0.0.1:9");
+        assert_eq!(openai.kind, WireKind::OpenAi);
+        assert_eq!(openai.hosts, vec!["api.openai.com".to_string()]);
+        let azure = config.providers.iter().find(|p| p.name == "azure").unwrap();
+        assert_eq!(azure.upstream.base_path, "");
+        assert_eq!(azure.hosts, vec!["r.openai.azure.com".to_string()]);
+    }
+}

@@ -1,0 +1,43 @@
+//! The ledger: one [`LedgerRecord`] per proxied call, written to SQLite off the request path.
+//! [`Recorder`] is the request path's handle (never blocks); [`writer`] owns the connection and
+//! writes batches; [`schema`] holds the versioned migrations.
+
+pub mod schema;
+pub mod writer;
+
+pub use writer::{Recorder, WriterHandle};
+
+use chrono::{DateTime, Utc};
+
+use crate::usage::{Usage, UsageStatus};
+
+/// One proxied call, as stored in the `usage` table (SPEC §5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerRecord {
+    pub ts: DateTime<Utc>,
+    pub agent: String,
+    pub provider: String,
+    pub route: &'static str,
+    pub model: Option<String>,
+    pub endpoint: &'static str,
+    pub streaming: bool,
+    pub status: u16,
+    pub usage: Usage,
+    pub usage_status: UsageStatus,
+    pub cost_usd: Option<f64>,
+    pub cost_source: Option<&'static str>,
+    pub price_id: Option<String>,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub key_fingerprint: Option<String>,
+    pub request_id: Option<String>,
+    pub tags: Option<String>,
+    /// What went wrong, when something did: `upstream_unreachable`, `upstream_timeout`,
+    /// `upstream_reset`, `upstream_idle_timeout`, `client_gone`, `request_too_large`, ...
+    pub error: Option<&'static str>,
+}
+
+/// `ts` as stored: UTC, RFC 3339 with milliseconds.
+pub fn format_ts(ts: &DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

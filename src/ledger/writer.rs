@@ -1,0 +1,187 @@
+//! The ledger writer: a thread that owns the SQLite connection and writes records in batched
+//! transactions, fed by [`Recorder`] through a channel. The request path only ever sends on the
+//! channel; a locked or failing database costs a retry and a metric, never a client request.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use super::{format_ts, schema, LedgerRecord};
+use crate::config::StoreConfig;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("opening ledger {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("ledger {path}: {source}")]
+    Schema {
+        path: String,
+        source: schema::SchemaError,
+    },
+    #[error("starting the ledger writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The request path's handle on the ledger. Cheap to clone; never blocks.
+#[derive(Clone)]
+pub struct Recorder {
+    sender: mpsc::Sender<LedgerRecord>,
+    metrics: Arc<Metrics>,
+}
+
+impl Recorder {
+    /// Counts the record in the metrics and queues it for the writer.
+    pub fn record(&self, record: LedgerRecord) {
+        self.metrics.observe(&record);
+        self.metrics.ledger_pending_records.inc();
+        if self.sender.send(record).is_err() {
+            // Only after the writer has stopped, which happens once every Recorder is dropped.
+            self.metrics.ledger_pending_records.dec();
+            self.metrics.ledger_write_errors_total.inc();
+            tracing::error!("ledger writer has stopped; record lost");
+        }
+    }
+}
+
+/// Owns the writer thread; `join` waits until every queued record is written.
+pub struct WriterHandle {
+    thread: thread::JoinHandle<()>,
+}
+
+impl WriterHandle {
+    /// Waits for the writer to write what is queued and stop. The writer stops once every
+    /// [`Recorder`] clone is dropped.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("ledger writer thread panicked");
+        }
+    }
+}
+
+/// Opens (creating if needed) the ledger at `config.path`, migrates it, and starts the writer.
+pub fn open(
+    config: &StoreConfig,
+    metrics: Arc<Metrics>,
+) -> Result<(Recorder, WriterHandle), LedgerError> {
+    let conn = open_connection(&config.path, config.busy_timeout)?;
+    let (sender, receiver) = mpsc::channel();
+    let batch_size = config.batch_size;
+    let writer_metrics = metrics.clone();
+    let thread = thread::Builder::new()
+        .name("meter-ledger".to_string())
+        .spawn(move || run(conn, receiver, batch_size, &writer_metrics))
+        .map_err(LedgerError::Thread)?;
+    Ok((Recorder { sender, metrics }, WriterHandle { thread }))
+}
+
+/// Opens the ledger file in WAL mode and brings its schema up to date.
+pub fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, LedgerError> {
+    let display = path.display().to_string();
+    let open_err = |source| LedgerError::Open {
+        path: display.clone(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(busy_timeout).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    // WAL with synchronous=NORMAL is durable against application crashes; a power loss can drop
+    // the last commits but never corrupts the file.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_err)?;
+    schema::migrate(&mut conn).map_err(|source| LedgerError::Schema {
+        path: display.clone(),
+        source,
+    })?;
+    Ok(conn)
+}
+
+fn run(
+    mut conn: Connection,
+    receiver: mpsc::Receiver<LedgerRecord>,
+    batch_size: usize,
+    metrics: &Metrics,
+) {
+    let mut batch = Vec::with_capacity(batch_size);
+    // `recv` fails only when every Recorder is gone and the queue is empty: then we are done.
+    while let Ok(first) = receiver.recv() {
+        batch.push(first);
+        while batch.len() < batch_size {
+            match receiver.try_recv() {
+                Ok(record) => batch.push(record),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match write_batch(&mut conn, &batch) {
+                Ok(()) => break,
+                Err(err) => {
+                    metrics.ledger_write_errors_total.inc();
+                    tracing::warn!(error = %err, records = batch.len(), retry_in_ms = backoff.as_millis() as u64, "ledger write failed; will retry");
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        metrics.ledger_pending_records.sub(batch.len() as i64);
+        batch.clear();
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO usage (ts, agent, provider, route, model, endpoint, streaming, status,
+                input_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens,
+                output_tokens, reasoning_tokens, cost_usd, cost_source, price_id, usage_status,
+                latency_ms, ttft_ms, key_fingerprint, request_id, tags, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+        )?;
+        for record in batch {
+            let usage = &record.usage;
+            insert.execute(params![
+                format_ts(&record.ts),
+                record.agent,
+                record.provider,
+                record.route,
+                record.model,
+                record.endpoint,
+                record.streaming,
+                record.status,
+                clamp(usage.input_tokens),
+                clamp(usage.cache_read_tokens),
+                clamp(usage.cache_write_tokens),
+                clamp(usage.cache_write_1h_tokens),
+                clamp(usage.output_tokens),
+                clamp(usage.reasoning_tokens),
+                record.cost_usd,
+                record.cost_source,
+                record.price_id,
+                record.usage_status.as_str(),
+                clamp(record.latency_ms),
+                record.ttft_ms.map(clamp),
+                record.key_fingerprint,
+                record.request_id,
+                record.tags,
+                record.error,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// SQLite integers are i64; token counts beyond that are not real, but must not wrap negative.
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,149 @@
+//! Meter's own Prometheus metrics, on a registry of their own (not the global one), updated in
+//! one place from each finished [`LedgerRecord`] so that `/metrics` and the ledger agree.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::ledger::LedgerRecord;
+use crate::usage::UsageStatus;
+
+/// Buckets for LLM calls: tens of milliseconds up to twenty minutes.
+const DURATION_BUCKETS: &[f64] = &[
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub tokens_total: IntCounterVec,
+    pub request_duration_seconds: HistogramVec,
+    pub time_to_first_byte_seconds: HistogramVec,
+    pub usage_unread_total: IntCounterVec,
+    pub ledger_pending_records: IntGauge,
+    pub ledger_write_errors_total: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "meter_requests_total",
+                "Proxied requests, by provider, route, model, agent and HTTP status class.",
+            ),
+            &["provider", "route", "model", "agent", "status"],
+        )?;
+        let tokens_total = IntCounterVec::new(
+            Opts::new(
+                "meter_tokens_total",
+                "Tokens metered, by type (input, cache_read, cache_write, output, reasoning); reasoning is part of output, cache_read and cache_write are not part of input.",
+            ),
+            &["provider", "route", "model", "agent", "type"],
+        )?;
+        let request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "meter_request_duration_seconds",
+                "Time from the request reaching meter to the last byte of the response.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["provider", "route"],
+        )?;
+        let time_to_first_byte_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "meter_time_to_first_byte_seconds",
+                "Time from the request reaching meter to the first byte of the upstream's response body.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["provider", "route"],
+        )?;
+        let usage_unread_total = IntCounterVec::new(
+            Opts::new(
+                "meter_usage_unread_total",
+                "Responses whose usage could not be read from the provider's report.",
+            ),
+            &["provider", "usage_status"],
+        )?;
+        let ledger_pending_records = IntGauge::new(
+            "meter_ledger_pending_records",
+            "Records queued for the ledger and not yet committed.",
+        )?;
+        let ledger_write_errors_total = IntCounter::new(
+            "meter_ledger_write_errors_total",
+            "Failed ledger write attempts (each is retried).",
+        )?;
+        registry.register(Box::new(requests_total.clone()))?;
+        registry.register(Box::new(tokens_total.clone()))?;
+        registry.register(Box::new(request_duration_seconds.clone()))?;
+        registry.register(Box::new(time_to_first_byte_seconds.clone()))?;
+        registry.register(Box::new(usage_unread_total.clone()))?;
+        registry.register(Box::new(ledger_pending_records.clone()))?;
+        registry.register(Box::new(ledger_write_errors_total.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests_total,
+            tokens_total,
+            request_duration_seconds,
+            time_to_first_byte_seconds,
+            usage_unread_total,
+            ledger_pending_records,
+            ledger_write_errors_total,
+        })
+    }
+
+    /// Counts one finished call.
+    pub fn observe(&self, record: &LedgerRecord) {
+        let model = record.model.as_deref().unwrap_or("unknown");
+        let status = match record.status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let base = [
+            record.provider.as_str(),
+            record.route,
+            model,
+            record.agent.as_str(),
+        ];
+        self.requests_total
+            .with_label_values(&[base[0], base[1], base[2], base[3], status])
+            .inc();
+        let usage = &record.usage;
+        for (kind, count) in [
+            ("input", usage.input_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+            ("output", usage.output_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ] {
+            self.tokens_total
+                .with_label_values(&[base[0], base[1], base[2], base[3], kind])
+                .inc_by(count);
+        }
+        let short = [record.provider.as_str(), record.route];
+        self.request_duration_seconds
+            .with_label_values(&short)
+            .observe(record.latency_ms as f64 / 1000.0);
+        if let Some(ttft) = record.ttft_ms {
+            self.time_to_first_byte_seconds
+                .with_label_values(&short)
+                .observe(ttft as f64 / 1000.0);
+        }
+        if record.usage_status != UsageStatus::Reported {
+            self.usage_unread_total
+                .with_label_values(&[record.provider.as_str(), record.usage_status.as_str()])
+                .inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %err, "encoding metrics failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,401 @@
+//! The metering proxy: listener -> router -> forwarder -> tee. This module holds the request
+//! handler that ties them together and the accept loop with its graceful drain.
+
+pub mod context;
+pub mod forward;
+pub mod router;
+pub mod tee;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::ledger::Recorder;
+use crate::usage::{self, BodyKind, Endpoint};
+use context::{CallContext, Outcome};
+use router::{RouteError, RouteTable, RouteTarget};
+use tee::{Metering, TeeBody, UsageReader};
+
+/// The body of every proxy response: the tee'd upstream body, or one meter wrote itself.
+pub type ProxyBody = Either<TeeBody, Full<Bytes>>;
+
+/// Everything the request path shares.
+pub struct ProxyState {
+    pub routes: RouteTable,
+    pub client: forward::UpstreamClient,
+    pub recorder: Recorder,
+    pub max_request_body_bytes: u64,
+    pub max_parse_body_bytes: u64,
+}
+
+/// Serves the proxy on `listener` until `shutdown` turns true, then lets in-flight calls finish
+/// for at most `drain`, and cuts the rest (each still yields its record when its body drops).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut connections = JoinSet::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let builder = builder.clone();
+                    let state = state.clone();
+                    let shutdown = shutdown.clone();
+                    connections.spawn(serve_connection(builder, stream, peer, state, shutdown));
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "drain time is up; closing the calls still in flight"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+async fn serve_connection(
+    builder: auto::Builder<TokioExecutor>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<ProxyState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| handle(state.clone(), request));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "client connection ended with an error");
+    }
+}
+
+/// The request fields meter reads; everything else in the body is skipped unread.
+#[derive(Deserialize)]
+struct RequestProbe {
+    model: Option<String>,
+    stream: Option<bool>,
+}
+
+/// Handles one client request. Never fails: every problem becomes a response.
+pub async fn handle(
+    state: Arc<ProxyState>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let ts = chrono::Utc::now();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_string);
+    let target = match state
+        .routes
+        .route(&path, query.as_deref(), request.headers())
+    {
+        Ok(target) => target,
+        Err(err) => return Ok(route_error(&state, err)),
+    };
+    let endpoint = Endpoint::from_path(&target.upstream_path);
+    let billable = request.method() == Method::POST;
+    let RouteTarget {
+        provider,
+        agent,
+        upstream_path,
+        key_fingerprint,
+        tags,
+        allowed,
+    } = target;
+    let mut context = CallContext {
+        started,
+        ts,
+        agent,
+        provider,
+        endpoint,
+        billable,
+        streaming: false,
+        requested_model: None,
+        key_fingerprint,
+        tags,
+        status: 0,
+        first_byte: None,
+    };
+    if !allowed {
+        let message = format!(
+            "agent {:?} may not use {} routes (see its `routes` in the meter config)",
+            context.agent,
+            context.provider.route.as_str()
+        );
+        return Ok(refuse(
+            &state,
+            context,
+            StatusCode::FORBIDDEN,
+            "route_refused",
+            &message,
+        ));
+    }
+
+    let (parts, body) = request.into_parts();
+    let limit = state.max_request_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Ok(too_large(&state, context, limit));
+    }
+    let body = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return Ok(too_large(&state, context, limit));
+        }
+        Err(err) => {
+            // The client went away while sending; nothing was forwarded, nothing to record.
+            tracing::debug!(error = %err, "reading the request body failed");
+            return Ok(json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request_body",
+                "the request body could not be read",
+                None,
+            ));
+        }
+    };
+
+    if let Ok(probe) = serde_json::from_slice::<RequestProbe>(&body) {
+        context.requested_model = probe.model;
+        context.streaming = probe.stream.unwrap_or(false);
+    }
+    if context.requested_model.is_none() {
+        context.requested_model = model_from_path(&upstream_path);
+    }
+    if endpoint == Endpoint::StreamGenerateContent {
+        context.streaming = true;
+    }
+
+    let upstream_request = match forward::upstream_request(
+        &context.provider.upstream,
+        &upstream_path,
+        query.as_deref(),
+        parts,
+        body,
+    ) {
+        Ok(request) => request,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot build the upstream request");
+            return Ok(refuse(
+                &state,
+                context,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request cannot be forwarded: invalid path or query",
+            ));
+        }
+    };
+
+    let timeout = context.provider.response_timeout;
+    let response = match tokio::time::timeout(timeout, state.client.request(upstream_request)).await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => {
+            let connect = err.is_connect();
+            tracing::warn!(provider = %context.provider.name, agent = %context.agent, error = %err, "upstream request failed");
+            let (code, message) = if connect {
+                (
+                    "upstream_unreachable",
+                    "the upstream provider could not be reached",
+                )
+            } else {
+                (
+                    "upstream_error",
+                    "the upstream provider closed the connection without a response",
+                )
+            };
+            return Ok(refuse(
+                &state,
+                context,
+                StatusCode::BAD_GATEWAY,
+                code,
+                message,
+            ));
+        }
+        Err(_) => {
+            tracing::warn!(provider = %context.provider.name, agent = %context.agent, timeout_secs = timeout.as_secs(), "upstream response timed out");
+            return Ok(refuse(
+                &state,
+                context,
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream provider did not answer in time",
+            ));
+        }
+    };
+
+    let (mut parts, upstream_body) = response.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers);
+    context.status = parts.status.as_u16();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let body_kind = BodyKind::from_content_type(content_type);
+    if body_kind == BodyKind::Sse {
+        context.streaming = true;
+    }
+    let parser = if parts.status.is_success() {
+        usage::parser_for(endpoint, body_kind)
+    } else {
+        None
+    };
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let reader = UsageReader::new(parser, encoding, state.max_parse_body_bytes);
+    let idle_timeout = context.provider.idle_timeout;
+    let body = TeeBody::new(
+        upstream_body,
+        idle_timeout,
+        Metering {
+            context,
+            reader,
+            recorder: state.recorder.clone(),
+        },
+    );
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// The model named in a Gemini-style path: `.../models/<model>:generateContent`.
+fn model_from_path(path: &str) -> Option<String> {
+    let after = &path[path.rfind("/models/")? + "/models/".len()..];
+    let model = after.split(':').next()?;
+    (!model.is_empty() && !model.contains('/')).then(|| model.to_string())
+}
+
+fn too_large(state: &ProxyState, context: CallContext, limit: u64) -> Response<ProxyBody> {
+    let message = format!("the request body is larger than meter's limit of {limit} bytes (server.max_request_body_bytes)");
+    refuse(
+        state,
+        context,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        &message,
+    )
+}
+
+/// Answers a routed call without (a usable answer from) the upstream, and records it.
+fn refuse(
+    state: &ProxyState,
+    mut context: CallContext,
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
+    context.status = status.as_u16();
+    let record = context.into_record(None, Outcome::Refused(code));
+    state.recorder.record(record);
+    json_error(status, code, message, None)
+}
+
+fn route_error(state: &ProxyState, err: RouteError) -> Response<ProxyBody> {
+    match err {
+        RouteError::UnknownProvider { prefix } => json_error(
+            StatusCode::NOT_FOUND,
+            "unknown_provider",
+            &format!(
+                "no provider {prefix:?}: use http://<meter>/<provider>/<path> with one of the known prefixes"
+            ),
+            Some(state.routes.provider_names()),
+        ),
+        RouteError::BadPath(reason) => {
+            json_error(StatusCode::BAD_REQUEST, "bad_path", reason, None)
+        }
+        RouteError::BadAgent(reason) => {
+            json_error(StatusCode::BAD_REQUEST, "bad_agent", &reason, None)
+        }
+        RouteError::BadTags(reason) => {
+            json_error(StatusCode::BAD_REQUEST, "bad_tags", &reason, None)
+        }
+    }
+}
+
+/// A JSON error in the shape OpenAI-style SDKs display: `{"error": {"message", "type", "code"}}`.
+fn json_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    known_prefixes: Option<&[String]>,
+) -> Response<ProxyBody> {
+    let mut error = serde_json::json!({
+        "message": format!("meter: {message}"),
+        "type": "meter_error",
+        "code": code,
+    });
+    if let Some(prefixes) = known_prefixes {
+        error["known_prefixes"] = serde_json::json!(prefixes);
+    }
+    let body = serde_json::json!({ "error": error }).to_string();
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemini_model_from_path() {
+        let cases = [
+            ("/v1beta/models/gemini-2.5-pro:generateContent", Some("gemini-2.5-pro")),
+            ("/v1/projects/p/locations/l/publishers/google/models/gemini-2.0-flash:streamGenerateContent", Some("gemini-2.0-flash")),
+            ("/v1/chat/completions", None),
+            ("/v1/models/", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(model_from_path(path).as_deref(), want, "{path}");
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The tee: wraps the upstream response body, passes every frame, the end of stream and the size
+//! hint to the client unchanged, and shows the usage parser a (decompressed) copy of the data.
+//! Its end hook fires exactly once: at the end of the body, on an upstream error, or when the
+//! client goes away (drop).
+//!
+//! A data frame is handed to the client first and read by the parser only on the next poll, so
+//! parsing never sits between an upstream byte and the client.
+
+use std::future::Future;
+use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use super::context::{CallContext, Outcome};
+use crate::ledger::Recorder;
+use crate::usage::{ParsedUsage, UsageParser};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The usage side of the tee: optional decompression, then the parser, under a byte cap.
+pub struct UsageReader {
+    decoder: Option<Decoder>,
+    parser: Option<Box<dyn UsageParser>>,
+    /// Decompressed bytes the parser may still read; past it, usage is unreadable.
+    remaining: u64,
+}
+
+impl UsageReader {
+    /// `encoding` is the response's `Content-Encoding`; an encoding meter cannot decode leaves
+    /// the usage unread (the client still gets every byte).
+    pub fn new(parser: Option<Box<dyn UsageParser>>, encoding: Option<&str>, cap: u64) -> Self {
+        let (decoder, parser) = match (parser, encoding) {
+            (Some(parser), encoding) => match Decoder::for_encoding(encoding) {
+                Ok(decoder) => (decoder, Some(parser)),
+                Err(()) => (None, None),
+            },
+            (None, _) => (None, None),
+        };
+        UsageReader {
+            decoder,
+            parser,
+            remaining: cap,
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        let Some(parser) = self.parser.as_mut() else {
+            return;
+        };
+        match self.decoder.as_mut() {
+            None => {
+                if chunk.len() as u64 > self.remaining {
+                    self.overflow();
+                    return;
+                }
+                self.remaining -= chunk.len() as u64;
+                parser.feed(chunk);
+            }
+            Some(decoder) => match decoder.decode(chunk, self.remaining) {
+                Ok(plain) => {
+                    self.remaining -= plain.len() as u64;
+                    parser.feed(&plain);
+                }
+                Err(()) => self.overflow(),
+            },
+        }
+    }
+
+    /// The body was too big (or not decodable) to read: drop the parser, usage is unread.
+    fn overflow(&mut self) {
+        tracing::debug!("response body over the parse cap or undecodable; usage left unread");
+        self.parser = None;
+        self.decoder = None;
+    }
+
+    fn finish(&mut self) -> Option<ParsedUsage> {
+        if let Some(decoder) = self.decoder.as_mut() {
+            match decoder.finish(self.remaining) {
+                Ok(plain) => {
+                    if let Some(parser) = self.parser.as_mut() {
+                        parser.feed(&plain);
+                    }
+                }
+                Err(()) => self.overflow(),
+            }
+        }
+        self.parser.as_mut().map(|parser| parser.finish())
+    }
+}
+
+/// A `Write` sink that refuses to grow past a limit: the cap against decompression bombs.
+struct CappedSink {
+    buf: Vec<u8>,
+    limit: u64,
+}
+
+impl Write for CappedSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if (self.buf.len() + data.len()) as u64 > self.limit {
+            return Err(std::io::Error::other(
+                "decompressed body over the parse cap",
+            ));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Decoder {
+    Gzip(flate2::write::MultiGzDecoder<CappedSink>),
+    Deflate(flate2::write::ZlibDecoder<CappedSink>),
+    Brotli(Box<brotli::DecompressorWriter<CappedSink>>),
+    Zstd(zstd::stream::write::Decoder<'static, CappedSink>),
+}
+
+impl Decoder {
+    fn for_encoding(encoding: Option<&str>) -> Result<Option<Decoder>, ()> {
+        let sink = || CappedSink {
+            buf: Vec::new(),
+            limit: 0,
+        };
+        let encoding = encoding.map(|e| e.trim().to_ascii_lowercase());
+        Ok(Some(match encoding.as_deref() {
+            None | Some("") | Some("identity") => return Ok(None),
+            Some("gzip") | Some("x-gzip") => {
+                Decoder::Gzip(flate2::write::MultiGzDecoder::new(sink()))
+            }
+            Some("deflate") => Decoder::Deflate(flate2::write::ZlibDecoder::new(sink())),
+            Some("br") => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(sink(), 4096))),
+            Some("zstd") => {
+                Decoder::Zstd(zstd::stream::write::Decoder::new(sink()).map_err(|_| ())?)
+            }
+            Some(_) => return Err(()),
+        }))
+    }
+
+    fn sink(&mut self) -> &mut CappedSink {
+        match self {
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::Deflate(d) => d.get_mut(),
+            Decoder::Brotli(d) => d.get_mut(),
+            Decoder::Zstd(d) => d.get_mut(),
+        }
+    }
+
+    /// Decompresses `chunk`, returning at most `limit` bytes of output or `Err` past it.
+    fn decode(&mut self, chunk: &[u8], limit: u64) -> Result<Vec<u8>, ()> {
+        self.sink().limit = limit;
+        let written = match self {
+            Decoder::Gzip(d) => d.write_all(chunk).and_then(|_| d.flush()),
+            Decoder::Deflate(d) => d.write_all(chunk).and_then(|_| d.flush()),
+            Decoder::Brotli(d) => d.write_all(chunk).and_then(|_| d.flush()),
+            Decoder::Zstd(d) => d.write_all(chunk).and_then(|_| d.flush()),
+        };
+        written.map_err(|_| ())?;
+        Ok(std::mem::take(&mut self.sink().buf))
+    }
+
+    fn finish(&mut self, limit: u64) -> Result<Vec<u8>, ()> {
+        self.sink().limit = limit;
+        let done = match self {
+            Decoder::Gzip(d) => d.try_finish(),
+            Decoder::Deflate(d) => d.try_finish(),
+            Decoder::Brotli(d) => d.flush(),
+            Decoder::Zstd(d) => d.flush(),
+        };
+        done.map_err(|_| ())?;
+        Ok(std::mem::take(&mut self.sink().buf))
+    }
+}
+
+/// What the tee needs to close a call.
+pub struct Metering {
+    pub context: CallContext,
+    pub reader: UsageReader,
+    pub recorder: Recorder,
+}
+
+/// The response body meter sends to the client.
+pub struct TeeBody {
+    inner: Incoming,
+    /// The last data frame handed to the client, read by the parser on the next poll.
+    unread: Option<Bytes>,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    metering: Option<Metering>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing for {0:?}")]
+pub struct IdleTimeout(Duration);
+
+impl TeeBody {
+    pub fn new(inner: Incoming, idle_timeout: Duration, metering: Metering) -> TeeBody {
+        TeeBody {
+            inner,
+            unread: None,
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            metering: Some(metering),
+        }
+    }
+
+    fn read_unread(&mut self) {
+        if let (Some(chunk), Some(metering)) = (self.unread.take(), self.metering.as_mut()) {
+            metering.reader.feed(&chunk);
+        }
+    }
+
+    /// The end hook: runs once, makes the call's record.
+    fn finish(&mut self, outcome: Outcome) {
+        self.read_unread();
+        if let Some(mut metering) = self.metering.take() {
+            let parsed = metering.reader.finish();
+            let record = metering.context.into_record(parsed, outcome);
+            metering.recorder.record(record);
+        }
+    }
+}
+
+impl Body for TeeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        this.read_unread();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(metering) = this.metering.as_mut() {
+                        metering.context.first_byte.get_or_insert_with(Instant::now);
+                    }
+                    this.unread = Some(data.clone());
+                }
+                let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.finish(Outcome::Cut("upstream_reset"));
+                Poll::Ready(Some(Err(err.into())))
+            }
+            Poll::Ready(None) => {
+                this.finish(Outcome::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.finish(Outcome::Cut("upstream_idle_timeout"));
+                    Poll::Ready(Some(Err(IdleTimeout(this.idle_timeout).into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TeeBody {
+    fn drop(&mut self) {
+        // A server may stop polling once `is_end_stream` is true, without asking for the end:
+        // that is a complete body. Anything else dropped early is a client that went away.
+        let outcome = if self.inner.is_end_stream() {
+            Outcome::Complete
+        } else {
+            Outcome::Cut("client_gone")
+        };
+        self.finish(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    struct Collect(Vec<u8>);
+    impl UsageParser for Collect {
+        fn feed(&mut self, chunk: &[u8]) {
+            self.0.extend_from_slice(chunk);
+        }
+        fn finish(&mut self) -> ParsedUsage {
+            ParsedUsage {
+                model: Some(String::from_utf8_lossy(&self.0).into_owned()),
+                ..ParsedUsage::default()
+            }
+        }
+    }
+
+    fn read(encoding: Option<&str>, body: &[u8], cap: u64) -> Option<String> {
+        let mut reader = UsageReader::new(Some(Box::new(Collect(Vec::new()))), encoding, cap);
+        for piece in body.chunks(7) {
+            reader.feed(piece);
+        }
+        reader.finish().and_then(|p| p.model)
+    }
+
+    fn compress(encoding: &str, plain: &[u8]) -> Vec<u8> {
+        match encoding {
+            "gzip" => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(plain).unwrap();
+                e.finish().unwrap()
+            }
+            "deflate" => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(plain).unwrap();
+                e.finish().unwrap()
+            }
+            "br" => {
+                let mut out = Vec::new();
+                {
+                    let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                    e.write_all(plain).unwrap();
+                }
+                out
+            }
+            "zstd" => zstd::encode_all(plain, 3).unwrap(),
+            _ => plain.to_vec(),
+        }
+    }
+
+    #[test]
+    fn decodes_every_encoding_and_caps_bombs() {
+        let plain = b"data: {\"usage\": 1}\n\n".repeat(50);
+        for encoding in ["gzip", "deflate", "br", "zstd", "identity"] {
+            let body = compress(encoding, &plain);
+            let got = read(Some(encoding), &body, 1 << 20).unwrap();
+            assert_eq!(got.as_bytes(), &plain[..], "{encoding}");
+            // A cap below the decompressed size leaves usage unread instead of growing.
+            assert_eq!(read(Some(encoding), &body, 100), None, "{encoding}");
+        }
+        let bomb = compress("zstd", &vec![0u8; 50 << 20]);
+        assert!(bomb.len() < 10_000);
+        assert_eq!(read(Some("zstd"), &bomb, 1 << 20), None);
+        assert_eq!(read(Some("compress"), b"x", 1 << 20), None);
+    }
+}

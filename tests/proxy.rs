@@ -1,0 +1,559 @@
+//! End-to-end: a client, meter (in process, ports 0, temp SQLite) and a fake OpenAI-format
+//! provider on loopback. Bytes must arrive unchanged, streams unbuffered, one row per call.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use support::*;
+
+const CHAT_JSON: &str = r#"{
+  "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+  "object": "chat.completion",
+  "created": 1741570283,
+  "model": "gpt-4o-2024-08-06",
+  "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there!", "refusal": null, "annotations": []}, "logprobs": null, "finish_reason": "stop"}],
+  "usage": {"prompt_tokens": 1117, "completion_tokens": 46, "total_tokens": 1163,
+    "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+  "service_tier": "default",
+  "system_fingerprint": "fp_fc9f1d7035"
+}"#;
+
+fn chunk(content: &str) -> String {
+    format!(
+        "data: {{\"id\":\"chatcmpl-stream1\",\"object\":\"chat.completion.chunk\",\"created\":1741570283,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_06737a9306\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n"
+    )
+}
+
+const USAGE_CHUNK: &str = "data: {\"id\":\"chatcmpl-stream1\",\"object\":\"chat.completion.chunk\",\"created\":1741570283,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_06737a9306\",\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":10,\"total_tokens\":29,\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}\n\n";
+
+const DONE: &str = "data: [DONE]\n\n";
+
+fn chat_request(stream: bool) -> String {
+    format!(
+        r#"{{"model":"gpt-4o","stream":{stream},"messages":[{{"role":"user","content":"secret prompt text"}}]}}"#
+    )
+}
+
+#[tokio::test]
+async fn non_streaming_call_is_byte_identical_and_recorded() {
+    let upstream = FakeProvider::start(|_| {
+        FakeResponse::json(200, CHAT_JSON)
+            .header("x-request-id", "req_123")
+            .header("openai-processing-ms", "310")
+    })
+    .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+
+    let request = Request::post(meter.url("/openai/v1/chat/completions?trace=1"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-test-key")
+        .header("x-meter-agent", "coder")
+        .header("x-meter-tags", "team=search")
+        .header("x-custom", "kept")
+        .body(Full::new(Bytes::from(chat_request(false))))
+        .unwrap();
+    let (status, headers, body) = send(request).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, CHAT_JSON.as_bytes());
+    assert_eq!(headers["x-request-id"], "req_123");
+    assert_eq!(headers["openai-processing-ms"], "310");
+
+    // What the provider got: the same method, path, query, body and headers, minus meter's own.
+    let got = &upstream.requests()[0];
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.uri, "/v1/chat/completions?trace=1");
+    assert_eq!(got.body, chat_request(false).as_bytes());
+    assert_eq!(got.headers["authorization"], "Bearer sk-test-key");
+    assert_eq!(got.headers["x-custom"], "kept");
+    assert_eq!(got.headers["host"], upstream.addr.to_string());
+    assert!(!got.headers.contains_key("x-meter-agent"));
+    assert!(!got.headers.contains_key("x-meter-tags"));
+
+    let metrics = meter.metrics_text().await;
+    meter.stop().await;
+    let rows = rows(&meter.db);
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.agent, "coder");
+    assert_eq!(row.provider, "openai");
+    assert_eq!(row.route, "direct");
+    assert_eq!(row.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(row.endpoint, "chat.completions");
+    assert!(!row.streaming);
+    assert_eq!(row.status, 200);
+    assert_eq!(
+        (row.input_tokens, row.cache_read_tokens, row.output_tokens),
+        (93, 1024, 46)
+    );
+    assert_eq!(row.usage_status, "reported");
+    assert_eq!(
+        row.request_id.as_deref(),
+        Some("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG")
+    );
+    assert_eq!(row.tags.as_deref(), Some(r#"{"team":"search"}"#));
+    assert_eq!(
+        row.key_fingerprint.as_deref(),
+        Some(&meter::proxy::router::fingerprint(b"sk-test-key")[..])
+    );
+    assert!(
+        row.ts.ends_with('Z') && row.ts.len() == "2026-11-25T00:00:00.000Z".len(),
+        "{}",
+        row.ts
+    );
+
+    // The ledger and /metrics agree.
+    let labels = r#"agent="coder",model="gpt-4o-2024-08-06",provider="openai",route="direct""#;
+    assert!(
+        metrics.contains(&format!(
+            "meter_requests_total{{{labels},status=\"2xx\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("meter_tokens_total{{{labels},type=\"input\"}} 93")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "meter_tokens_total{{{labels},type=\"cache_read\"}} 1024"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "meter_tokens_total{{{labels},type=\"output\"}} 46"
+        )),
+        "{metrics}"
+    );
+
+    // Neither the prompt nor the key reached the ledger file.
+    let file = std::fs::read(&meter.db).unwrap();
+    for secret in [&b"secret prompt text"[..], b"sk-test-key"] {
+        assert!(!file.windows(secret.len()).any(|w| w == secret));
+    }
+}
+
+#[tokio::test]
+async fn stream_reaches_the_client_event_by_event() {
+    // The second event is withheld until the test has seen the first one through meter.
+    let upstream = FakeProvider::start(|_| {
+        FakeResponse::sse(vec![
+            Piece::now(chunk("Hel")),
+            Piece::gated(chunk("lo")),
+            Piece::after(Duration::from_millis(20), USAGE_CHUNK),
+            Piece::now(DONE),
+        ])
+    })
+    .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let request = Request::post(meter.url("/agent/streamer/openai/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat_request(true))))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first event must arrive while upstream withholds the second")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(first, chunk("Hel").as_bytes());
+    upstream.release(1);
+    let mut all = first.to_vec();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            all.extend_from_slice(&data);
+        }
+    }
+    let expected = [
+        chunk("Hel"),
+        chunk("lo"),
+        USAGE_CHUNK.to_string(),
+        DONE.to_string(),
+    ]
+    .concat();
+    assert_eq!(all, expected.as_bytes());
+
+    meter.stop().await;
+    let rows = rows(&meter.db);
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.agent, "streamer");
+    assert!(row.streaming);
+    assert_eq!(row.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+    assert_eq!((row.input_tokens, row.output_tokens), (19, 10));
+    assert_eq!(row.usage_status, "reported");
+    assert!(row.ttft_ms.is_some());
+    assert_eq!(row.error, None);
+}
+
+#[tokio::test]
+async fn stream_without_usage_is_recorded_missing_not_zero() {
+    let upstream =
+        FakeProvider::start(|_| FakeResponse::sse(vec![Piece::now(chunk("Hi")), Piece::now(DONE)]))
+            .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let (status, _, body) = send(post_json(
+        &meter.url("/openai/v1/chat/completions"),
+        &chat_request(true),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, [chunk("Hi"), DONE.to_string()].concat().as_bytes());
+    meter.stop().await;
+    let row = &rows(&meter.db)[0];
+    assert_eq!(row.usage_status, "missing");
+    assert_eq!(row.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+    assert!(row.streaming);
+}
+
+#[tokio::test]
+async fn unknown_prefix_is_404_with_the_known_prefixes() {
+    let upstream = FakeProvider::start(|_| FakeResponse::json(200, "{}")).await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let (status, headers, body) =
+        send(post_json(&meter.url("/nosuch/v1/chat/completions"), "{}")).await;
+    assert_eq!(status, 404);
+    assert_eq!(headers["content-type"], "application/json");
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "unknown_provider");
+    let prefixes = error["error"]["known_prefixes"].as_array().unwrap();
+    for name in [
+        "openai",
+        "anthropic",
+        "gemini",
+        "openrouter",
+        "mistral",
+        "xai",
+        "deepseek",
+        "groq",
+        "ollama",
+        "vllm",
+    ] {
+        assert!(
+            prefixes.iter().any(|p| p == name),
+            "{name} missing from {prefixes:?}"
+        );
+    }
+    assert!(upstream.requests().is_empty());
+    meter.stop().await;
+    assert!(rows(&meter.db).is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_and_recorded() {
+    // A port that was just free: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut meter = Meter::start(&format!("http://{closed}"), "").await;
+    let (status, _, body) = send(post_json(
+        &meter.url("/openai/v1/chat/completions"),
+        &chat_request(false),
+    ))
+    .await;
+    assert_eq!(status, 502);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_unreachable");
+    meter.stop().await;
+    let row = &rows(&meter.db)[0];
+    assert_eq!(row.status, 502);
+    assert_eq!(row.error.as_deref(), Some("upstream_unreachable"));
+    assert_eq!(row.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(row.usage_status, "reported");
+    assert_eq!(row.input_tokens + row.output_tokens, 0);
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_and_recorded() {
+    let upstream = FakeProvider::start(|_| {
+        let mut response = FakeResponse::json(200, CHAT_JSON);
+        response.head_delay = Duration::from_secs(5);
+        response
+    })
+    .await;
+    let mut meter = Meter::start(
+        &upstream.url(),
+        "[[provider]]\nname = \"slow\"\nupstream = \"URL\"\nresponse_timeout_secs = 1\n"
+            .replace("URL", &upstream.url())
+            .as_str(),
+    )
+    .await;
+    let (status, _, body) = send(post_json(
+        &meter.url("/slow/v1/chat/completions"),
+        &chat_request(false),
+    ))
+    .await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    meter.stop().await;
+    let row = &rows(&meter.db)[0];
+    assert_eq!((row.provider.as_str(), row.status), ("slow", 504));
+    assert_eq!(row.error.as_deref(), Some("upstream_timeout"));
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_and_are_recorded() {
+    let rate_limited = r#"{"error":{"message":"Rate limit reached for gpt-4o","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+    let upstream = FakeProvider::start(move |received| {
+        if received.uri.contains("overloaded") {
+            FakeResponse::json(
+                503,
+                r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+            )
+        } else {
+            FakeResponse::json(429, rate_limited).header("retry-after", "20")
+        }
+    })
+    .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let (status, headers, body) = send(post_json(
+        &meter.url("/openai/v1/chat/completions"),
+        &chat_request(false),
+    ))
+    .await;
+    assert_eq!((status, body.as_ref()), (429, rate_limited.as_bytes()));
+    assert_eq!(headers["retry-after"], "20");
+    let (status, _, _) = send(post_json(
+        &meter.url("/openai/v1/chat/completions?overloaded"),
+        &chat_request(false),
+    ))
+    .await;
+    assert_eq!(status, 503);
+    meter.stop().await;
+    let rows = rows(&meter.db);
+    assert_eq!(
+        rows.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![429, 503]
+    );
+    for row in &rows {
+        assert_eq!(row.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(row.usage_status, "reported");
+        assert_eq!(row.error, None);
+    }
+}
+
+#[tokio::test]
+async fn client_hanging_up_mid_stream_still_yields_a_row() {
+    let upstream = FakeProvider::start(|_| {
+        FakeResponse::sse(vec![
+            Piece::now(chunk("Hel")),
+            Piece::gated(chunk("lo")),
+            Piece::now(DONE),
+        ])
+    })
+    .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let response = client()
+        .request(post_json(
+            &meter.url("/openai/v1/chat/completions"),
+            &chat_request(true),
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, chunk("Hel").as_bytes());
+    drop(body); // the client hangs up
+    meter.stop().await;
+    upstream.release(1);
+    let rows = rows(&meter.db);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].error.as_deref(), Some("client_gone"));
+    assert_eq!(rows[0].usage_status, "missing");
+    assert_eq!(rows[0].model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+}
+
+#[tokio::test]
+async fn upstream_cut_mid_stream_is_recorded() {
+    let upstream = FakeProvider::start(|_| {
+        let mut response = FakeResponse::sse(vec![Piece::now(chunk("Hel"))]);
+        response.reset_after = true;
+        response
+    })
+    .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let response = client()
+        .request(post_json(
+            &meter.url("/openai/v1/chat/completions"),
+            &chat_request(true),
+        ))
+        .await
+        .unwrap();
+    let collected = response.into_body().collect().await;
+    assert!(
+        collected.is_err(),
+        "the client must see the stream fail, not end cleanly"
+    );
+    meter.stop().await;
+    let rows = rows(&meter.db);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].error.as_deref(), Some("upstream_reset"));
+    assert_eq!(rows[0].usage_status, "missing");
+}
+
+#[tokio::test]
+async fn malformed_json_passes_through_and_is_missing() {
+    let garbage: &'static [u8] =
+        b"{\"id\": \"chatcmpl-x\", \"usage\": {\"prompt_tokens\": 5, \xff truncated";
+    let upstream =
+        FakeProvider::start(move |_| FakeResponse::json(200, Bytes::from_static(garbage))).await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let (status, _, body) = send(post_json(
+        &meter.url("/openai/v1/chat/completions"),
+        &chat_request(false),
+    ))
+    .await;
+    assert_eq!((status, body.as_ref()), (200, garbage));
+    meter.stop().await;
+    let row = &rows(&meter.db)[0];
+    assert_eq!(row.usage_status, "missing");
+    assert_eq!(row.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(row.input_tokens + row.output_tokens, 0);
+}
+
+#[tokio::test]
+async fn gzip_response_is_forwarded_compressed_and_metered() {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(CHAT_JSON.as_bytes()).unwrap();
+    let gzipped = Bytes::from(encoder.finish().unwrap());
+    let served = gzipped.clone();
+    let upstream = FakeProvider::start(move |received| {
+        assert_eq!(received.headers["accept-encoding"], "gzip, br");
+        let mut response =
+            FakeResponse::json(200, served.clone()).header("content-encoding", "gzip");
+        // Split the compressed body so the decoder sees it in pieces.
+        let (a, b) = served.split_at(served.len() / 2);
+        response.pieces = vec![
+            Piece::now(Bytes::copy_from_slice(a)),
+            Piece::now(Bytes::copy_from_slice(b)),
+        ];
+        response
+    })
+    .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let request = Request::post(meter.url("/openai/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("accept-encoding", "gzip, br")
+        .body(Full::new(Bytes::from(chat_request(false))))
+        .unwrap();
+    let (status, headers, body) = send(request).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(
+        body, gzipped,
+        "the client gets the compressed bytes as sent"
+    );
+    meter.stop().await;
+    let row = &rows(&meter.db)[0];
+    assert_eq!(row.usage_status, "reported");
+    assert_eq!(
+        (row.input_tokens, row.cache_read_tokens, row.output_tokens),
+        (93, 1024, 46)
+    );
+}
+
+#[tokio::test]
+async fn attribution_by_key_fingerprint_path_and_default() {
+    let upstream = FakeProvider::start(|_| FakeResponse::json(200, CHAT_JSON)).await;
+    let known = meter::proxy::router::fingerprint(b"sk-coder");
+    let mut meter = Meter::start(
+        &upstream.url(),
+        &format!("[[agent]]\nname = \"coder\"\nkeys = [\"{known}\"]\nroutes = [\"direct\"]\n"),
+    )
+    .await;
+    let url = meter.url("/openai/v1/chat/completions");
+    let with_key = |key: &str| {
+        Request::post(url.as_str())
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::from(chat_request(false))))
+            .unwrap()
+    };
+    send(with_key("sk-coder")).await;
+    send(with_key("sk-someone-else")).await;
+    send(
+        Request::post(meter.url("/agent/ci/openai/v1/chat/completions"))
+            .body(Full::new(Bytes::from(chat_request(false))))
+            .unwrap(),
+    )
+    .await;
+    // coder may not use the router route: 403, recorded, not forwarded.
+    let before = upstream.requests().len();
+    let (status, _, _) = send(
+        Request::post(meter.url("/openrouter/v1/chat/completions"))
+            .header("authorization", "Bearer sk-coder")
+            .body(Full::new(Bytes::from(chat_request(false))))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(upstream.requests().len(), before);
+    // Hostile agent header: refused with a clear 400, nothing forwarded or recorded.
+    let (status, _, body) = send(
+        Request::post(url.as_str())
+            .header("x-meter-agent", "a".repeat(10_000))
+            .body(Full::new(Bytes::from(chat_request(false))))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    meter.stop().await;
+    let rows = rows(&meter.db);
+    let agents: Vec<(&str, i64)> = rows.iter().map(|r| (r.agent.as_str(), r.status)).collect();
+    assert_eq!(
+        agents,
+        vec![
+            ("coder", 200),
+            ("default", 200),
+            ("ci", 200),
+            ("coder", 403)
+        ]
+    );
+    assert_eq!(rows[0].key_fingerprint.as_deref(), Some(known.as_str()));
+    assert_eq!(rows[3].route, "router");
+    assert_eq!(rows[3].error.as_deref(), Some("route_refused"));
+}
+
+#[tokio::test]
+async fn request_body_over_the_limit_is_413() {
+    let upstream = FakeProvider::start(|_| FakeResponse::json(200, CHAT_JSON)).await;
+    let mut meter = Meter::start_with(&upstream.url(), "max_request_body_bytes = 1000", "").await;
+    let big = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(2000)
+    );
+    let (status, _, body) = send(post_json(&meter.url("/openai/v1/chat/completions"), &big)).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = send(post_json(
+        &meter.url("/openai/v1/chat/completions"),
+        &chat_request(false),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the oversized request was not forwarded"
+    );
+    meter.stop().await;
+    let rows = rows(&meter.db);
+    assert_eq!(
+        rows.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![413, 200]
+    );
+    assert_eq!(rows[0].error.as_deref(), Some("request_too_large"));
+}

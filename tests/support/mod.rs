@@ -1,0 +1,397 @@
+//! Test support: a fake provider speaking real HTTP on a loopback port, meter under test (in
+//! process or as the real binary), a plain client, and ledger queries.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// One piece of a fake response body: wait for `delay`, then for a gate permit if `gated`,
+/// then send `bytes` as one frame.
+#[derive(Clone)]
+pub struct Piece {
+    pub delay: Duration,
+    pub gated: bool,
+    pub bytes: Bytes,
+}
+
+impl Piece {
+    pub fn now(bytes: impl Into<Bytes>) -> Piece {
+        Piece {
+            delay: Duration::ZERO,
+            gated: false,
+            bytes: bytes.into(),
+        }
+    }
+    pub fn after(delay: Duration, bytes: impl Into<Bytes>) -> Piece {
+        Piece {
+            delay,
+            gated: false,
+            bytes: bytes.into(),
+        }
+    }
+    pub fn gated(bytes: impl Into<Bytes>) -> Piece {
+        Piece {
+            delay: Duration::ZERO,
+            gated: true,
+            bytes: bytes.into(),
+        }
+    }
+}
+
+/// What the fake provider answers.
+#[derive(Clone)]
+pub struct FakeResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub pieces: Vec<Piece>,
+    /// Delay before the response headers.
+    pub head_delay: Duration,
+    /// Cut the connection after the pieces instead of ending the body cleanly.
+    pub reset_after: bool,
+}
+
+impl FakeResponse {
+    pub fn json(status: u16, body: impl Into<Bytes>) -> FakeResponse {
+        FakeResponse {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            pieces: vec![Piece::now(body)],
+            head_delay: Duration::ZERO,
+            reset_after: false,
+        }
+    }
+    pub fn sse(pieces: Vec<Piece>) -> FakeResponse {
+        FakeResponse {
+            status: 200,
+            headers: vec![
+                (
+                    "content-type".into(),
+                    "text/event-stream; charset=utf-8".into(),
+                ),
+                ("cache-control".into(), "no-cache".into()),
+            ],
+            pieces,
+            head_delay: Duration::ZERO,
+            reset_after: false,
+        }
+    }
+    pub fn header(mut self, name: &str, value: &str) -> FakeResponse {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A request the fake provider received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+type Handler = dyn Fn(&Received) -> FakeResponse + Send + Sync;
+
+/// A fake provider on 127.0.0.1:<ephemeral>.
+pub struct FakeProvider {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    gate: Arc<Semaphore>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl FakeProvider {
+    pub async fn start(
+        handler: impl Fn(&Received) -> FakeResponse + Send + Sync + 'static,
+    ) -> FakeProvider {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Semaphore::new(0));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let (stop, mut stopped) = oneshot::channel();
+        let (rec, g) = (received.clone(), gate.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                let (handler, rec, gate) = (handler.clone(), rec.clone(), g.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (handler, rec, gate) = (handler.clone(), rec.clone(), gate.clone());
+                        async move { Ok::<_, Infallible>(serve(request, &*handler, &rec, gate).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeProvider {
+            addr,
+            received,
+            gate,
+            _stop: stop,
+        }
+    }
+
+    /// Lets `n` gated pieces through.
+    pub fn release(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+type FakeBody = StreamBody<FrameReceiver>;
+
+async fn serve(
+    request: Request<Incoming>,
+    handler: &Handler,
+    received: &Mutex<Vec<Received>>,
+    gate: Arc<Semaphore>,
+) -> Response<FakeBody> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let got = Received {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body,
+    };
+    let answer = handler(&got);
+    received.lock().unwrap().push(got);
+    tokio::time::sleep(answer.head_delay).await;
+    let (tx, rx) = mpsc::channel(4);
+    let pieces = answer.pieces.clone();
+    let reset = answer.reset_after;
+    tokio::spawn(async move {
+        for piece in pieces {
+            tokio::time::sleep(piece.delay).await;
+            if piece.gated {
+                let Ok(permit) = gate.acquire().await else {
+                    return;
+                };
+                permit.forget();
+            }
+            if tx.send(Ok(Frame::data(piece.bytes))).await.is_err() {
+                return;
+            }
+        }
+        if reset {
+            let _ = tx.send(Err(std::io::Error::other("reset"))).await;
+        }
+    });
+    let mut response = Response::new(StreamBody::new(FrameReceiver(rx)));
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap();
+    for (name, value) in &answer.headers {
+        response.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    response
+}
+
+/// The fake provider's body frames, as a `Stream` over an mpsc receiver.
+pub struct FrameReceiver(mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>);
+
+impl futures_core::Stream for FrameReceiver {
+    type Item = Result<Frame<Bytes>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Meter running in this process on ephemeral ports.
+pub struct Meter {
+    pub proxy: SocketAddr,
+    pub metrics: SocketAddr,
+    pub db: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Meter {
+    /// Starts meter with `extra_toml` appended to a config that routes `test` (and `openai`) to
+    /// the fake provider.
+    pub async fn start(upstream: &str, extra_toml: &str) -> Meter {
+        Meter::start_with(upstream, "", extra_toml).await
+    }
+
+    /// Like `start`, with `server_toml` lines added to the `[server]` table.
+    pub async fn start_with(upstream: &str, server_toml: &str, extra_toml: &str) -> Meter {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("meter.db");
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n{server_toml}\n\n[store]\npath = {db:?}\n\n[[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n{extra_toml}",
+        );
+        let config = meter::config::Config::from_toml(&toml, "test").unwrap();
+        let listeners = meter::app::Listeners::bind(&config).await.unwrap();
+        let proxy = listeners.proxy.local_addr().unwrap();
+        let metrics = listeners.metrics.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(meter::app::run(config, listeners, async move {
+            let _ = stopped.await;
+        }));
+        Meter {
+            proxy,
+            metrics,
+            db,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    /// Shuts meter down (drain, every record written).
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let (status, _, body) = send(
+            Request::get(format!("http://{}/metrics", self.metrics))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+}
+
+pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request and collects the whole response.
+pub async fn send(request: Request<Full<Bytes>>) -> (u16, HeaderMap, Bytes) {
+    let response = client().request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
+pub fn post_json(url: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-test-key")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// One ledger row, the columns tests look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub agent: String,
+    pub provider: String,
+    pub route: String,
+    pub model: Option<String>,
+    pub endpoint: String,
+    pub streaming: bool,
+    pub status: i64,
+    pub input_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub usage_status: String,
+    pub key_fingerprint: Option<String>,
+    pub request_id: Option<String>,
+    pub tags: Option<String>,
+    pub error: Option<String>,
+    pub ttft_ms: Option<i64>,
+    pub ts: String,
+}
+
+pub fn rows(db: &Path) -> Vec<Row> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT agent, provider, route, model, endpoint, streaming, status, input_tokens,
+                    cache_read_tokens, output_tokens, reasoning_tokens, usage_status,
+                    key_fingerprint, request_id, tags, error, ttft_ms, ts
+             FROM usage ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok(Row {
+            agent: r.get(0)?,
+            provider: r.get(1)?,
+            route: r.get(2)?,
+            model: r.get(3)?,
+            endpoint: r.get(4)?,
+            streaming: r.get(5)?,
+            status: r.get(6)?,
+            input_tokens: r.get(7)?,
+            cache_read_tokens: r.get(8)?,
+            output_tokens: r.get(9)?,
+            reasoning_tokens: r.get(10)?,
+            usage_status: r.get(11)?,
+            key_fingerprint: r.get(12)?,
+            request_id: r.get(13)?,
+            tags: r.get(14)?,
+            error: r.get(15)?,
+            ttft_ms: r.get(16)?,
+            ts: r.get(17)?,
+        })
+    })
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect()
+}
+
+/// Reads a fixture file under tests/fixtures.
+pub fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(path),
+    )
+    .unwrap()
+}
