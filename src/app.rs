@@ -66,6 +66,8 @@ pub async fn run(
     });
 
     let (stop, stopped) = watch::channel(false);
+    // The metrics listener outlives the drain, so /readyz can say 503 and scrapes still work.
+    let (stop_admin, admin_stopped) = watch::channel(false);
     let proxy_task = tokio::spawn(proxy::serve(
         listeners.proxy,
         proxy_state,
@@ -75,7 +77,7 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(
         listeners.metrics,
         admin_state.clone(),
-        stopped,
+        admin_stopped,
     ));
 
     shutdown.await;
@@ -106,6 +108,7 @@ pub async fn run(
             pending.get()
         ),
     }
+    let _ = stop_admin.send(true);
     let _ = admin_task.await;
     tracing::info!("every record written; bye");
     Ok(())

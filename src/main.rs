@@ -1,6 +1,7 @@
 //! The `meter` binary: parses the command line, sets up logging, runs, maps the result to an
 //! exit status (0 ok, 1 runtime failure, 2 bad usage or configuration).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,6 +15,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -395,3 +395,69 @@ pub fn fixture(path: &str) -> Vec<u8> {
     )
     .unwrap()
 }
+
+/// The real `meter` binary, started with `meter serve` on ports 0; killed on drop.
+pub struct BinMeter {
+    pub child: std::process::Child,
+    pub proxy: SocketAddr,
+    pub metrics: SocketAddr,
+    pub banner: String,
+}
+
+impl BinMeter {
+    /// Starts `meter [args] serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0` in `cwd`
+    /// and reads the addresses from the first line it prints.
+    pub fn start(cwd: &Path, args: &[&str]) -> BinMeter {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meter"))
+            .current_dir(cwd)
+            .env_remove("METER_CONFIG")
+            .args(args)
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("meter printed nothing").unwrap();
+        // "meter listening on http://A (metrics http://B/metrics), ledger ..."
+        let proxy = first.split("http://").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        let metrics = first.split("http://").nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+        let mut banner = first.clone();
+        for line in lines.by_ref().take(6) {
+            banner.push('\n');
+            banner.push_str(&line.unwrap());
+        }
+        // Keep draining stdout so meter never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        BinMeter { child, proxy, metrics, banner }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "meter did not exit in {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BinMeter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
