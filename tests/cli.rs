@@ -26,7 +26,10 @@ fn bad_config_exits_2_with_one_line_naming_file_key_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[server]\nlisten = \"localhost\"\n", "server.listen"),
-        ("[[provider]]\nname = \"acme\"\nkind = \"openai\"\n", "provider[0].upstream"),
+        (
+            "[[provider]]\nname = \"acme\"\nkind = \"openai\"\n",
+            "provider[0].upstream",
+        ),
         ("[store]\npaht = \"x.db\"\n", "paht"),
         ("timezone = 3\n", "timezone"),
     ];
@@ -37,7 +40,10 @@ fn bad_config_exits_2_with_one_line_naming_file_key_and_reason() {
         assert_eq!(out.status.code(), Some(2), "{text}");
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains("bad.toml") && stderr.contains(key), "{stderr}");
+        assert!(
+            stderr.contains("bad.toml") && stderr.contains(key),
+            "{stderr}"
+        );
     }
     // METER_CONFIG is honoured like --config.
     let out = Command::new(env!("CARGO_BIN_EXE_meter"))
@@ -49,14 +55,24 @@ fn bad_config_exits_2_with_one_line_naming_file_key_and_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
     // Bad usage is 2 as well.
-    assert_eq!(meter(dir.path(), &["serve", "--listen", "nope"]).status.code(), Some(2));
+    assert_eq!(
+        meter(dir.path(), &["serve", "--listen", "nope"])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]
 fn init_writes_a_config_that_loads_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let out = meter(dir.path(), &["init"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(dir.path().join("meter.toml")).unwrap();
     assert!(text.contains("listen = \"127.0.0.1:8787\""));
     assert_eq!(
@@ -64,7 +80,10 @@ fn init_writes_a_config_that_loads_and_refuses_to_overwrite() {
         meter::config::Config::from_toml("", "defaults").unwrap()
     );
     assert_eq!(meter(dir.path(), &["init"]).status.code(), Some(2));
-    assert_eq!(meter(dir.path(), &["init", "--force"]).status.code(), Some(0));
+    assert_eq!(
+        meter(dir.path(), &["init", "--force"]).status.code(),
+        Some(0)
+    );
     let printed = meter(dir.path(), &["init", "--path", "-"]);
     assert_eq!(String::from_utf8(printed.stdout).unwrap(), text);
 }
@@ -72,7 +91,11 @@ fn init_writes_a_config_that_loads_and_refuses_to_overwrite() {
 #[test]
 fn every_command_documents_its_flags() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [vec!["--help"], vec!["serve", "--help"], vec!["init", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["init", "--help"],
+    ] {
         let out = meter(dir.path(), &args);
         assert_eq!(out.status.code(), Some(0));
         let help = String::from_utf8(out.stdout).unwrap();
@@ -84,13 +107,30 @@ fn every_command_documents_its_flags() {
 async fn serve_runs_on_built_in_defaults_and_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut meter = BinMeter::start(dir.path(), &[]);
-    assert!(meter.banner.contains("OPENAI_BASE_URL=http://"), "{}", meter.banner);
+    assert!(
+        meter.banner.contains("OPENAI_BASE_URL=http://"),
+        "{}",
+        meter.banner
+    );
     assert!(meter.banner.contains("/openai/v1"), "{}", meter.banner);
-    let (status, _, _) = send(Request::get(format!("http://{}/readyz", meter.metrics)).body(Full::default()).unwrap()).await;
+    let (status, _, _) = send(
+        Request::get(format!("http://{}/readyz", meter.metrics))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, _, _) = send(Request::get(format!("http://{}/healthz", meter.metrics)).body(Full::default()).unwrap()).await;
+    let (status, _, _) = send(
+        Request::get(format!("http://{}/healthz", meter.metrics))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
-    assert!(dir.path().join("meter.db").exists(), "the ledger defaults to ./meter.db");
+    assert!(
+        dir.path().join("meter.db").exists(),
+        "the ledger defaults to ./meter.db"
+    );
     meter.signal("TERM");
     assert_eq!(meter.wait(Duration::from_secs(20)), Some(0));
 }
@@ -101,18 +141,33 @@ async fn sigterm_with_streams_in_flight_loses_no_record() {
     let usage = "data: {\"id\":\"chatcmpl-t\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}}\n\n";
     let first = "data: {\"id\":\"chatcmpl-t\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}],\"usage\":null}\n\n";
     let upstream = FakeProvider::start(move |_| {
-        FakeResponse::sse(vec![Piece::now(first), Piece::gated(usage), Piece::now("data: [DONE]\n\n")])
+        FakeResponse::sse(vec![
+            Piece::now(first),
+            Piece::gated(usage),
+            Piece::now("data: [DONE]\n\n"),
+        ])
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("meter.toml");
     std::fs::write(
         &config,
-        format!("[[provider]]\nname = \"openai\"\nupstream = \"{}\"\n", upstream.url()),
+        format!(
+            "[[provider]]\nname = \"openai\"\nupstream = \"{}\"\n",
+            upstream.url()
+        ),
     )
     .unwrap();
     let db = dir.path().join("ledger.db");
-    let mut meter = BinMeter::start(dir.path(), &["--config", config.to_str().unwrap(), "--db", db.to_str().unwrap()]);
+    let mut meter = BinMeter::start(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ],
+    );
 
     let mut bodies = Vec::new();
     for _ in 0..STREAMS {
@@ -130,11 +185,19 @@ async fn sigterm_with_streams_in_flight_loses_no_record() {
     // Shutdown has begun once /readyz turns 503; the streams are still open.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, _, _) = send(Request::get(format!("http://{}/readyz", meter.metrics)).body(Full::default()).unwrap()).await;
+        let (status, _, _) = send(
+            Request::get(format!("http://{}/readyz", meter.metrics))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
         if status == 503 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "meter never began shutting down");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meter never began shutting down"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // New connections are refused while the old streams drain.
@@ -148,7 +211,14 @@ async fn sigterm_with_streams_in_flight_loses_no_record() {
     let rows = rows(&db);
     assert_eq!(rows.len(), STREAMS);
     for row in rows {
-        assert_eq!((row.input_tokens, row.output_tokens, row.usage_status.as_str()), (7, 3, "reported"));
+        assert_eq!(
+            (
+                row.input_tokens,
+                row.output_tokens,
+                row.usage_status.as_str()
+            ),
+            (7, 3, "reported")
+        );
         assert_eq!(row.error, None);
     }
 }

@@ -130,6 +130,7 @@ impl FakeProvider {
                     accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
                     _ = &mut stopped => return,
                 };
+                let _ = stream.set_nodelay(true);
                 let (handler, rec, gate) = (handler.clone(), rec.clone(), g.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
@@ -306,7 +307,9 @@ impl Meter {
 pub type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 pub fn client() -> TestClient {
-    Client::builder(TokioExecutor::new()).build_http()
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 /// Sends a request and collects the whole response.
@@ -413,7 +416,13 @@ impl BinMeter {
             .current_dir(cwd)
             .env_remove("METER_CONFIG")
             .args(args)
-            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
@@ -422,8 +431,24 @@ impl BinMeter {
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().expect("meter printed nothing").unwrap();
         // "meter listening on http://A (metrics http://B/metrics), ledger ..."
-        let proxy = first.split("http://").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-        let metrics = first.split("http://").nth(2).unwrap().split('/').next().unwrap().parse().unwrap();
+        let proxy = first
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let metrics = first
+            .split("http://")
+            .nth(2)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         let mut banner = first.clone();
         for line in lines.by_ref().take(6) {
             banner.push('\n');
@@ -431,7 +456,12 @@ impl BinMeter {
         }
         // Keep draining stdout so meter never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        BinMeter { child, proxy, metrics, banner }
+        BinMeter {
+            child,
+            proxy,
+            metrics,
+            banner,
+        }
     }
 
     pub fn signal(&self, name: &str) {
@@ -449,7 +479,10 @@ impl BinMeter {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(std::time::Instant::now() < deadline, "meter did not exit in {limit:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "meter did not exit in {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
