@@ -196,6 +196,8 @@ pub struct StoreConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
+    /// Extra trusted roots (PEM), added to the system's: a private CA, a test CA.
+    pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
@@ -354,6 +356,7 @@ impl Default for RawStore {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawUpstream {
+    ca_file: String,
     connect_timeout_secs: u64,
     response_timeout_secs: u64,
     idle_timeout_secs: u64,
@@ -364,6 +367,7 @@ struct RawUpstream {
 impl Default for RawUpstream {
     fn default() -> Self {
         RawUpstream {
+            ca_file: String::new(),
             connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
             response_timeout_secs: DEFAULT_RESPONSE_TIMEOUT_SECS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
@@ -521,7 +525,15 @@ impl RawConfig {
             batch_size: self.store.batch_size,
             busy_timeout: Duration::from_millis(self.store.busy_timeout_ms),
         };
+        if !self.upstream.ca_file.is_empty() && !Path::new(&self.upstream.ca_file).is_file() {
+            return Err(format!(
+                "upstream.ca_file: {:?} is not a readable file",
+                self.upstream.ca_file
+            ));
+        }
         let upstream = UpstreamConfig {
+            ca_file: (!self.upstream.ca_file.is_empty())
+                .then(|| PathBuf::from(&self.upstream.ca_file)),
             connect_timeout: positive_secs(
                 "upstream.connect_timeout_secs",
                 self.upstream.connect_timeout_secs,
@@ -735,6 +747,7 @@ batch_size = {DEFAULT_BATCH_SIZE}                         # records per write tr
 busy_timeout_ms = {DEFAULT_BUSY_TIMEOUT_MS}                   # wait this long for a lock before retrying
 
 [upstream]
+ca_file = ""                             # extra trusted CA certificates (PEM) besides the system's
 connect_timeout_secs = {DEFAULT_CONNECT_TIMEOUT_SECS}
 response_timeout_secs = {DEFAULT_RESPONSE_TIMEOUT_SECS}              # until the response headers arrive (504 after)
 idle_timeout_secs = {DEFAULT_IDLE_TIMEOUT_SECS}                  # longest silence inside a response body

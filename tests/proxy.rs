@@ -557,3 +557,151 @@ async fn request_body_over_the_limit_is_413() {
     );
     assert_eq!(rows[0].error.as_deref(), Some("request_too_large"));
 }
+
+#[tokio::test]
+async fn https_upstream_speaks_http2_over_one_pooled_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let upstream = FakeProvider::start_tls(
+        |received| {
+            if received.body.windows(13).any(|w| w == b"\"stream\":true") {
+                FakeResponse::sse(vec![
+                    Piece::now(chunk("Hi")),
+                    Piece::now(USAGE_CHUNK),
+                    Piece::now(DONE),
+                ])
+            } else {
+                FakeResponse::json(200, CHAT_JSON)
+            }
+        },
+        &ca,
+    )
+    .await;
+    let mut meter = Meter::start(&upstream.url(), &format!("[upstream]\nca_file = {ca:?}\n")).await;
+    for stream in [false, true, false] {
+        let (status, _, body) = send(post_json(
+            &meter.url("/openai/v1/chat/completions"),
+            &chat_request(stream),
+        ))
+        .await;
+        assert_eq!(status, 200);
+        let expected = if stream {
+            [chunk("Hi"), USAGE_CHUNK.into(), DONE.into()].concat()
+        } else {
+            CHAT_JSON.into()
+        };
+        assert_eq!(body, expected.as_bytes());
+    }
+    assert_eq!(
+        *upstream.connections.lock().unwrap(),
+        vec!["h2".to_string()]
+    );
+    // The upstream saw HTTP/2 with the right authority and no hop-by-hop headers.
+    for got in upstream.requests() {
+        assert_eq!(
+            got.uri,
+            format!("https://{}/v1/chat/completions", upstream.addr)
+        );
+        assert!(!got.headers.contains_key("connection"));
+    }
+    meter.stop().await;
+    let rows = rows(&meter.db);
+    assert_eq!(rows.len(), 3);
+    assert!(rows
+        .iter()
+        .all(|r| r.usage_status == "reported" && r.status == 200));
+    assert_eq!(rows[1].output_tokens, 10);
+}
+
+#[tokio::test]
+async fn untrusted_upstream_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = FakeProvider::start_tls(
+        |_| FakeResponse::json(200, CHAT_JSON),
+        &dir.path().join("ca.pem"),
+    )
+    .await;
+    // No ca_file: the test CA is not trusted, so meter must not talk to this upstream.
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let (status, _, _) = send(post_json(
+        &meter.url("/openai/v1/chat/completions"),
+        &chat_request(false),
+    ))
+    .await;
+    assert_eq!(status, 502);
+    assert!(upstream.requests().is_empty());
+    meter.stop().await;
+    assert_eq!(
+        rows(&meter.db)[0].error.as_deref(),
+        Some("upstream_unreachable")
+    );
+}
+
+#[tokio::test]
+async fn plain_upstream_connections_are_pooled_and_http2_clients_are_served() {
+    let upstream = FakeProvider::start(|_| FakeResponse::json(200, CHAT_JSON)).await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    for _ in 0..3 {
+        let (status, _, _) = send(post_json(
+            &meter.url("/openai/v1/chat/completions"),
+            &chat_request(false),
+        ))
+        .await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        upstream.connections.lock().unwrap().len(),
+        1,
+        "one upstream connection, reused"
+    );
+    // A client speaking HTTP/2 with prior knowledge (h2c) to meter.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let response = h2
+        .request(post_json(
+            &meter.url("/openai/v1/chat/completions"),
+            &chat_request(false),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, CHAT_JSON.as_bytes());
+    meter.stop().await;
+    assert_eq!(rows(&meter.db).len(), 4);
+}
+
+#[tokio::test]
+async fn silent_upstream_stream_is_cut_after_the_idle_timeout() {
+    let upstream = FakeProvider::start(|_| {
+        FakeResponse::sse(vec![Piece::now(chunk("Hel")), Piece::gated(DONE)])
+    })
+    .await;
+    let mut meter = Meter::start(
+        &upstream.url(),
+        &format!(
+            "[[provider]]\nname = \"stall\"\nupstream = \"{}\"\nidle_timeout_secs = 1\n",
+            upstream.url()
+        ),
+    )
+    .await;
+    let response = client()
+        .request(post_json(
+            &meter.url("/stall/v1/chat/completions"),
+            &chat_request(true),
+        ))
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .unwrap();
+    assert!(
+        result.is_err(),
+        "the client must see the stream cut, not a clean end"
+    );
+    meter.stop().await;
+    let row = &rows(&meter.db)[0];
+    assert_eq!(row.error.as_deref(), Some("upstream_idle_timeout"));
+    assert_eq!(row.usage_status, "missing");
+}

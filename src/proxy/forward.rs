@@ -23,6 +23,8 @@ pub enum ForwardError {
         "no trusted root certificates: neither the system store nor the built-in roots loaded"
     )]
     NoRoots,
+    #[error("upstream.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
     #[error("building the upstream URI: {0}")]
     Uri(#[from] http::Error),
 }
@@ -37,6 +39,9 @@ pub fn client(config: &UpstreamConfig) -> Result<UpstreamClient, ForwardError> {
     }
     if roots.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(path) = &config.ca_file {
+        add_ca_file(&mut roots, path)?;
     }
     if roots.is_empty() {
         return Err(ForwardError::NoRoots);
@@ -64,6 +69,28 @@ pub fn client(config: &UpstreamConfig) -> Result<UpstreamClient, ForwardError> {
         .pool_idle_timeout(config.pool_idle_timeout)
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
         .build(https))
+}
+
+fn add_ca_file(
+    roots: &mut rustls::RootCertStore,
+    path: &std::path::Path,
+) -> Result<(), ForwardError> {
+    use rustls::pki_types::pem::PemObject;
+    let fail = |reason: String| ForwardError::CaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|err| fail(err.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| fail(err.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no PEM certificate in the file".to_string()));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|err| fail(err.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy-only ones; never forwarded.

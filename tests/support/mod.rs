@@ -109,6 +109,9 @@ type Handler = dyn Fn(&Received) -> FakeResponse + Send + Sync;
 pub struct FakeProvider {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// One entry per accepted connection: the ALPN protocol agreed ("" for plain HTTP).
+    pub connections: Arc<Mutex<Vec<String>>>,
+    tls: bool,
     gate: Arc<Semaphore>,
     _stop: oneshot::Sender<()>,
 }
@@ -117,13 +120,55 @@ impl FakeProvider {
     pub async fn start(
         handler: impl Fn(&Received) -> FakeResponse + Send + Sync + 'static,
     ) -> FakeProvider {
+        FakeProvider::start_inner(handler, None).await
+    }
+
+    /// A fake provider serving HTTPS (ALPN h2 and http/1.1) for 127.0.0.1 with a certificate
+    /// from a fresh test CA, whose PEM is written to `ca_pem`.
+    pub async fn start_tls(
+        handler: impl Fn(&Received) -> FakeResponse + Send + Sync + 'static,
+        ca_pem: &Path,
+    ) -> FakeProvider {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "meter test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        std::fs::write(ca_pem, ca.pem()).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        FakeProvider::start_inner(handler, Some(acceptor)).await
+    }
+
+    async fn start_inner(
+        handler: impl Fn(&Received) -> FakeResponse + Send + Sync + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> FakeProvider {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));
         let handler: Arc<Handler> = Arc::new(handler);
         let (stop, mut stopped) = oneshot::channel();
-        let (rec, g) = (received.clone(), gate.clone());
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let (rec, g, conns) = (received.clone(), gate.clone(), connections.clone());
+        let is_tls = tls.is_some();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -132,20 +177,44 @@ impl FakeProvider {
                 };
                 let _ = stream.set_nodelay(true);
                 let (handler, rec, gate) = (handler.clone(), rec.clone(), g.clone());
+                let (tls, conns) = (tls.clone(), conns.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let (handler, rec, gate) = (handler.clone(), rec.clone(), gate.clone());
                         async move { Ok::<_, Infallible>(serve(request, &*handler, &rec, gate).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            conns.lock().unwrap().push(String::new());
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let alpn = stream
+                                .get_ref()
+                                .1
+                                .alpn_protocol()
+                                .map(|p| String::from_utf8_lossy(p).into_owned());
+                            conns.lock().unwrap().push(alpn.unwrap_or_default());
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
         FakeProvider {
             addr,
             received,
+            connections,
+            tls: is_tls,
             gate,
             _stop: stop,
         }
@@ -157,7 +226,8 @@ impl FakeProvider {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn requests(&self) -> Vec<Received> {
