@@ -163,6 +163,8 @@ pub fn upstream_request(
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     strip_meter_headers(&mut headers);
+    // meter already answered any `Expect: 100-continue` by reading the body.
+    headers.remove(header::EXPECT);
     // The body was read whole, so its length is known; the client's framing was hop-by-hop.
     headers.remove(header::CONTENT_LENGTH);
     if !body.is_empty() || parts.method == http::Method::POST || parts.method == http::Method::PUT {
@@ -201,6 +203,7 @@ mod tests {
             .header("x-meter-tags", "a=b")
             .header("authorization", "Bearer sk")
             .header("accept-encoding", "gzip")
+            .header("expect", "100-continue")
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
@@ -230,6 +233,7 @@ mod tests {
             "transfer-encoding",
             "x-meter-agent",
             "x-meter-tags",
+            "expect",
         ] {
             assert!(!headers.contains_key(gone), "{gone} forwarded");
         }
