@@ -162,6 +162,8 @@ pub struct Provider {
     pub name: String,
     pub upstream: Upstream,
     pub kind: WireKind,
+    /// Whose conventions its responses follow (from the name, else the upstream host).
+    pub flavor: crate::usage::Flavor,
     pub route: Route,
     pub markup: f64,
     pub hosts: Vec<String>,
@@ -556,6 +558,7 @@ impl RawConfig {
                 let upstream = Upstream::parse(upstream).expect("built-in upstream URLs are valid");
                 Provider {
                     name: name.to_string(),
+                    flavor: crate::usage::Flavor::detect(name, upstream.host()),
                     hosts: vec![upstream.host().to_string()],
                     upstream,
                     kind: *kind,
@@ -641,6 +644,7 @@ impl RawConfig {
                 None => default_idle_timeout,
             };
             let provider = Provider {
+                flavor: crate::usage::Flavor::detect(&raw.name, upstream.host()),
                 name: raw.name,
                 upstream,
                 kind,

@@ -131,7 +131,12 @@ fn fixtures_dir() -> PathBuf {
 }
 
 fn parse(case: &Case, chunks: &[&[u8]]) -> ParsedUsage {
-    let mut parser = parser_for(case.endpoint, case.body).unwrap();
+    let mut parser = parser_for(&meter::usage::ParseContext {
+        flavor: meter::usage::Flavor::OpenAi,
+        endpoint: case.endpoint,
+        body: case.body,
+    })
+    .unwrap();
     for chunk in chunks {
         parser.feed(chunk);
     }
@@ -158,6 +163,7 @@ fn check(case: &Case) {
         usage: case.usage,
         model: case.model.map(str::to_owned),
         request_id: case.request_id.map(str::to_owned),
+        ..ParsedUsage::default()
     };
 
     assert_eq!(parse(case, &[&body]), expected, "{name}: whole body");

@@ -281,7 +281,11 @@ pub async fn handle(
         context.streaming = true;
     }
     let parser = if parts.status.is_success() {
-        usage::parser_for(endpoint, body_kind)
+        usage::parser_for(&usage::ParseContext {
+            endpoint,
+            body: body_kind,
+            flavor: context.provider.flavor,
+        })
     } else {
         None
     };

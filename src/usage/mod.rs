@@ -54,12 +54,151 @@ impl fmt::Display for UsageStatus {
 /// What a parser read from one response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParsedUsage {
-    /// `Some` only when the provider's usage report was read in full.
+    /// `Some` only when the provider's final usage report was read in full.
     pub usage: Option<Usage>,
     /// The model as the response names it (e.g. a dated snapshot).
     pub model: Option<String>,
     /// The provider's id for the response (e.g. `chatcmpl-...`).
     pub request_id: Option<String>,
+    /// When `usage` is `None`: what the provider did report before the body ended (Anthropic's
+    /// `message_start` input count, the last running Gemini `usageMetadata`). A floor for the
+    /// estimator, never recorded as `reported`.
+    pub partial: Option<Usage>,
+    /// The cost the provider itself reported for the call (OpenRouter `usage.cost`), in
+    /// nano-dollars (1e-9 USD).
+    pub reported_cost_nanos: Option<i64>,
+    /// The upstream a router chose (OpenRouter's top-level `provider`), kept as a tag.
+    pub upstream_provider: Option<String>,
+    /// Billable quantities beyond the token buckets.
+    pub quantities: Quantities,
+    /// Output text the parser saw, kept (bounded) for the estimator.
+    pub output_text: OutputText,
+}
+
+/// Billable quantities that are not text tokens. Zero/`None` when the response has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quantities {
+    /// Images generated or edited (per-image billing).
+    pub images: u64,
+    /// Their size as the response (or request) names it, e.g. `1024x1024`.
+    pub image_size: Option<String>,
+    /// Their quality, e.g. `standard`, `hd`, `low`, `medium`, `high`.
+    pub image_quality: Option<String>,
+    /// The part of `input_tokens`/`cache_read_tokens` that was audio (priced at its own rate).
+    pub audio_input_tokens: u64,
+    /// The part of `output_tokens` that was audio.
+    pub audio_output_tokens: u64,
+    /// Audio billed by duration (Whisper-style transcription), in milliseconds.
+    pub audio_millis: u64,
+    /// Web-search calls the provider ran and bills per call (Anthropic
+    /// `server_tool_use.web_search_requests`, OpenAI `web_search_call` items).
+    pub web_search_calls: u64,
+}
+
+/// Generated text seen by a parser, for counting tokens when the provider's report is missing.
+/// Keeps at most [`OutputText::CAP`] bytes; beyond that only the byte count grows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputText {
+    pub text: String,
+    /// Bytes seen beyond the cap (not kept).
+    pub overflow_bytes: u64,
+}
+
+impl OutputText {
+    pub const CAP: usize = 256 * 1024;
+
+    pub fn push(&mut self, piece: &str) {
+        let room = Self::CAP.saturating_sub(self.text.len());
+        if piece.len() <= room {
+            self.text.push_str(piece);
+        } else {
+            let mut cut = room;
+            while !piece.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.text.push_str(&piece[..cut]);
+            self.overflow_bytes += (piece.len() - cut) as u64;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty() && self.overflow_bytes == 0
+    }
+}
+
+/// Whose conventions a response follows beyond its wire format: the same OpenAI-format field can
+/// mean different things on different providers (SPEC §4 notes, issue 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    OpenAi,
+    Azure,
+    Anthropic,
+    Gemini,
+    Vertex,
+    OpenRouter,
+    Mistral,
+    Xai,
+    DeepSeek,
+    Groq,
+    Ollama,
+    Vllm,
+    /// Any other OpenAI-compatible host.
+    Generic,
+}
+
+impl Flavor {
+    /// The flavor of a provider: a built-in name decides, else the upstream's host.
+    pub fn detect(provider_name: &str, upstream_host: &str) -> Flavor {
+        match provider_name {
+            "openai" => return Flavor::OpenAi,
+            "anthropic" => return Flavor::Anthropic,
+            "gemini" => return Flavor::Gemini,
+            "openrouter" => return Flavor::OpenRouter,
+            "mistral" => return Flavor::Mistral,
+            "xai" => return Flavor::Xai,
+            "deepseek" => return Flavor::DeepSeek,
+            "groq" => return Flavor::Groq,
+            "ollama" => return Flavor::Ollama,
+            "vllm" => return Flavor::Vllm,
+            _ => {}
+        }
+        let host = upstream_host.to_ascii_lowercase();
+        let is = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+        if is("openai.com") {
+            Flavor::OpenAi
+        } else if is("openai.azure.com")
+            || is("cognitiveservices.azure.com")
+            || is("services.ai.azure.com")
+        {
+            Flavor::Azure
+        } else if is("anthropic.com") {
+            Flavor::Anthropic
+        } else if is("generativelanguage.googleapis.com") {
+            Flavor::Gemini
+        } else if is("aiplatform.googleapis.com") {
+            Flavor::Vertex
+        } else if is("openrouter.ai") {
+            Flavor::OpenRouter
+        } else if is("mistral.ai") {
+            Flavor::Mistral
+        } else if is("x.ai") {
+            Flavor::Xai
+        } else if is("deepseek.com") {
+            Flavor::DeepSeek
+        } else if is("groq.com") {
+            Flavor::Groq
+        } else {
+            Flavor::Generic
+        }
+    }
+}
+
+/// Everything a parser may depend on, known when the response headers arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseContext {
+    pub endpoint: Endpoint,
+    pub body: BodyKind,
+    pub flavor: Flavor,
 }
 
 /// The body framing of a response, decided from its `Content-Type`.
@@ -157,8 +296,8 @@ pub trait UsageParser: Send {
 }
 
 /// The parser for a response, or `None` when meter cannot read usage of this endpoint yet.
-pub fn parser_for(endpoint: Endpoint, body: BodyKind) -> Option<Box<dyn UsageParser>> {
-    match (endpoint, body) {
+pub fn parser_for(context: &ParseContext) -> Option<Box<dyn UsageParser>> {
+    match (context.endpoint, context.body) {
         (Endpoint::ChatCompletions, BodyKind::Json) => {
             Some(Box::new(openai::ChatCompletionJson::default()))
         }

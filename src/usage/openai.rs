@@ -177,6 +177,7 @@ impl UsageParser for ChatCompletionJson {
             usage: completion.usage.and_then(usage_from_value),
             model: string_from_value(completion.model),
             request_id: string_from_value(completion.id),
+            ..ParsedUsage::default()
         }
     }
 }
@@ -237,6 +238,7 @@ impl UsageParser for ChatCompletionStream {
             usage: state.last_usage.flatten(),
             model: state.model,
             request_id: state.request_id,
+            ..ParsedUsage::default()
         }
     }
 }
@@ -407,6 +409,7 @@ mod tests {
             usage: Some(usage(3, 0, 4, 0)),
             model: Some("gpt-4o".into()),
             request_id: Some("chatcmpl-9".into()),
+            ..ParsedUsage::default()
         };
         check_json(body, MAX_JSON_BODY_BYTES, read.clone());
         check_json(body, body.len(), read);
@@ -445,6 +448,7 @@ mod tests {
             usage,
             model: Some("m".into()),
             request_id: Some("c".into()),
+            ..ParsedUsage::default()
         };
         // Whitespace variants of a null usage are skipped; a real one is read.
         check_stream(
