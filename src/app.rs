@@ -53,12 +53,18 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let (recorder, writer) = writer::open(&config.store, metrics.clone())?;
     let client = forward::client(&config.upstream)?;
+    let drains = tokio_util::task::TaskTracker::new();
     let proxy_state = Arc::new(ProxyState {
         routes: RouteTable::new(&config),
         client,
         recorder,
         max_request_body_bytes: config.server.max_request_body_bytes,
         max_parse_body_bytes: config.server.max_parse_body_bytes,
+        max_rewrite_body_bytes: config.server.max_rewrite_body_bytes,
+        drain_on_disconnect: config
+            .upstream
+            .drain_on_disconnect
+            .then(|| (drains.clone(), config.upstream.drain_on_disconnect_timeout)),
     });
     let admin_state = Arc::new(AdminState {
         metrics,
@@ -92,6 +98,10 @@ pub async fn run(
     if let Err(err) = proxy_task.await {
         tracing::error!(error = %err, "proxy task failed");
     }
+    // Calls whose client left but whose usage is still being read hold a Recorder too; each is
+    // bounded by `drain_on_disconnect_secs`.
+    drains.close();
+    drains.wait().await;
     // A ledger that keeps failing must not hold the process forever; what is still queued then
     // is reported as lost and the exit status says so.
     let pending = admin_state.metrics.ledger_pending_records.clone();

@@ -169,6 +169,16 @@ pub struct Provider {
     pub hosts: Vec<String>,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Add `stream_options.include_usage` to OpenAI-format streaming requests that lack it, and
+    /// hide the usage-only chunk it causes from the client.
+    pub inject_stream_usage: bool,
+}
+
+/// Whether meter asks a provider for stream usage by default: every OpenAI-format API that
+/// documents `stream_options.include_usage`. Mistral always sends usage and may reject unknown
+/// fields, so it is left alone.
+fn default_inject(flavor: crate::usage::Flavor) -> bool {
+    !matches!(flavor, crate::usage::Flavor::Mistral)
 }
 
 /// An agent known by name, with the fingerprints of its API keys.
@@ -187,6 +197,7 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     pub max_request_body_bytes: u64,
     pub max_parse_body_bytes: u64,
+    pub max_rewrite_body_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +214,10 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// When the client hangs up mid-stream, read on to the provider's usage (bounded by
+    /// `drain_on_disconnect_timeout`) instead of closing the upstream.
+    pub drain_on_disconnect: bool,
+    pub drain_on_disconnect_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -282,6 +297,8 @@ const DEFAULT_DB: &str = "meter.db";
 const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 32 * 1024 * 1024;
 const DEFAULT_MAX_PARSE_BODY_BYTES: u64 = 64 * 1024 * 1024;
+const DEFAULT_MAX_REWRITE_BODY_BYTES: u64 = 4 * 1024 * 1024;
+const DEFAULT_DRAIN_ON_DISCONNECT_SECS: u64 = 120;
 const DEFAULT_BATCH_SIZE: usize = 512;
 const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
@@ -323,6 +340,7 @@ struct RawServer {
     drain_timeout_secs: u64,
     max_request_body_bytes: u64,
     max_parse_body_bytes: u64,
+    max_rewrite_body_bytes: u64,
 }
 
 impl Default for RawServer {
@@ -333,6 +351,7 @@ impl Default for RawServer {
             drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
             max_parse_body_bytes: DEFAULT_MAX_PARSE_BODY_BYTES,
+            max_rewrite_body_bytes: DEFAULT_MAX_REWRITE_BODY_BYTES,
         }
     }
 }
@@ -364,6 +383,8 @@ struct RawUpstream {
     idle_timeout_secs: u64,
     pool_idle_timeout_secs: u64,
     pool_max_idle_per_host: usize,
+    drain_on_disconnect: bool,
+    drain_on_disconnect_secs: u64,
 }
 
 impl Default for RawUpstream {
@@ -375,6 +396,8 @@ impl Default for RawUpstream {
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             pool_idle_timeout_secs: DEFAULT_POOL_IDLE_TIMEOUT_SECS,
             pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
+            drain_on_disconnect: false,
+            drain_on_disconnect_secs: DEFAULT_DRAIN_ON_DISCONNECT_SECS,
         }
     }
 }
@@ -390,6 +413,7 @@ struct RawProvider {
     hosts: Option<Vec<String>>,
     response_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    inject_stream_usage: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,6 +536,7 @@ impl RawConfig {
             drain_timeout: Duration::from_secs(self.server.drain_timeout_secs),
             max_request_body_bytes: self.server.max_request_body_bytes,
             max_parse_body_bytes: self.server.max_parse_body_bytes,
+            max_rewrite_body_bytes: self.server.max_rewrite_body_bytes,
         };
         if server.max_request_body_bytes == 0 {
             return Err("server.max_request_body_bytes: must be at least 1".to_string());
@@ -542,6 +567,11 @@ impl RawConfig {
             )?,
             pool_idle_timeout: Duration::from_secs(self.upstream.pool_idle_timeout_secs),
             pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
+            drain_on_disconnect: self.upstream.drain_on_disconnect,
+            drain_on_disconnect_timeout: positive_secs(
+                "upstream.drain_on_disconnect_secs",
+                self.upstream.drain_on_disconnect_secs,
+            )?,
         };
         let default_response_timeout = positive_secs(
             "upstream.response_timeout_secs",
@@ -556,9 +586,11 @@ impl RawConfig {
             .iter()
             .map(|(name, upstream, kind, route)| {
                 let upstream = Upstream::parse(upstream).expect("built-in upstream URLs are valid");
+                let flavor = crate::usage::Flavor::detect(name, upstream.host());
                 Provider {
                     name: name.to_string(),
-                    flavor: crate::usage::Flavor::detect(name, upstream.host()),
+                    flavor,
+                    inject_stream_usage: default_inject(flavor),
                     hosts: vec![upstream.host().to_string()],
                     upstream,
                     kind: *kind,
@@ -643,8 +675,14 @@ impl RawConfig {
                 Some(secs) => positive_secs(&format!("{key}.idle_timeout_secs"), secs)?,
                 None => default_idle_timeout,
             };
+            let flavor = crate::usage::Flavor::detect(&raw.name, upstream.host());
+            let inject_stream_usage = raw.inject_stream_usage.unwrap_or(match existing {
+                Some(i) if providers[i].upstream == upstream => providers[i].inject_stream_usage,
+                _ => default_inject(flavor),
+            });
             let provider = Provider {
-                flavor: crate::usage::Flavor::detect(&raw.name, upstream.host()),
+                flavor,
+                inject_stream_usage,
                 name: raw.name,
                 upstream,
                 kind,
@@ -744,6 +782,7 @@ metrics_listen = "{DEFAULT_METRICS_LISTEN}"      # /metrics, /healthz, /readyz
 drain_timeout_secs = {DEFAULT_DRAIN_TIMEOUT_SECS}                # on SIGTERM: how long in-flight calls may finish
 max_request_body_bytes = {DEFAULT_MAX_REQUEST_BODY_BYTES}       # larger request bodies get 413
 max_parse_body_bytes = {DEFAULT_MAX_PARSE_BODY_BYTES}         # cap on (decompressed) bytes read for usage
+max_rewrite_body_bytes = {DEFAULT_MAX_REWRITE_BODY_BYTES}        # larger requests are never rewritten (see inject_stream_usage)
 
 [store]
 path = "{DEFAULT_DB}"                      # SQLite ledger (WAL); --db overrides it
@@ -757,19 +796,25 @@ response_timeout_secs = {DEFAULT_RESPONSE_TIMEOUT_SECS}              # until the
 idle_timeout_secs = {DEFAULT_IDLE_TIMEOUT_SECS}                  # longest silence inside a response body
 pool_idle_timeout_secs = {DEFAULT_POOL_IDLE_TIMEOUT_SECS}
 pool_max_idle_per_host = {DEFAULT_POOL_MAX_IDLE_PER_HOST}
+drain_on_disconnect = false              # client hung up mid-stream: read on to the provider's usage
+drain_on_disconnect_secs = {DEFAULT_DRAIN_ON_DISCONNECT_SECS}            #   ... for at most this long (else the upstream is closed at once)
 
 # Built-in providers. Each can be overridden by name or a new one added with a [[provider]]
 # entry; keys left out keep the built-in value (for a new provider: kind "openai",
 # route "direct", markup 0). response_timeout_secs and idle_timeout_secs override [upstream].
+# inject_stream_usage (default true, false for mistral): for OpenAI-format streaming requests
+# without stream_options.include_usage, meter asks for usage and hides the usage-only chunk
+# from the client, so the client sees exactly the stream it asked for.
 #"#
     );
     for (name, upstream, kind, route) in BUILTIN_PROVIDERS {
         let host = Upstream::parse(upstream)
             .map(|u| u.host().to_string())
             .unwrap_or_default();
+        let inject = default_inject(crate::usage::Flavor::detect(name, &host));
         let _ = writeln!(
             out,
-            "# [[provider]]\n# name = \"{name}\"\n# upstream = \"{upstream}\"\n# kind = \"{}\"\n# route = \"{}\"\n# markup = 0.0\n# hosts = [\"{host}\"]\n#",
+            "# [[provider]]\n# name = \"{name}\"\n# upstream = \"{upstream}\"\n# kind = \"{}\"\n# route = \"{}\"\n# markup = 0.0\n# hosts = [\"{host}\"]\n# inject_stream_usage = {inject}\n#",
             kind.as_str(),
             route.as_str()
         );

@@ -25,10 +25,46 @@ const CHAT_JSON: &str = r#"{
   "system_fingerprint": "fp_fc9f1d7035"
 }"#;
 
+/// A content chunk as OpenAI sends it without `stream_options.include_usage`.
 fn chunk(content: &str) -> String {
     format!(
-        "data: {{\"id\":\"chatcmpl-stream1\",\"object\":\"chat.completion.chunk\",\"created\":1741570283,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_06737a9306\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n"
+        "data: {{\"id\":\"chatcmpl-stream1\",\"object\":\"chat.completion.chunk\",\"created\":1741570283,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_06737a9306\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
     )
+}
+
+/// The same chunk when usage was asked for: OpenAI then adds `"usage":null` to every chunk.
+fn chunk_with_null_usage(content: &str) -> String {
+    chunk(content).replace("]}\n\n", "],\"usage\":null}\n\n")
+}
+
+/// Whether a request asked for stream usage, as a real provider reads it.
+fn wants_usage(received: &Received) -> bool {
+    serde_json::from_slice::<serde_json::Value>(&received.body)
+        .map(|v| v["stream_options"]["include_usage"] == true)
+        .unwrap_or(false)
+}
+
+/// What OpenAI streams for `contents`: usage only when asked for, the second piece gated.
+fn openai_stream(received: &Received, contents: &[&str], gate_second: bool) -> FakeResponse {
+    let usage = wants_usage(received);
+    let mut pieces = Vec::new();
+    for (i, content) in contents.iter().enumerate() {
+        let text = if usage {
+            chunk_with_null_usage(content)
+        } else {
+            chunk(content)
+        };
+        pieces.push(if i == 1 && gate_second {
+            Piece::gated(text)
+        } else {
+            Piece::now(text)
+        });
+    }
+    if usage {
+        pieces.push(Piece::after(Duration::from_millis(5), USAGE_CHUNK));
+    }
+    pieces.push(Piece::now(DONE));
+    FakeResponse::sse(pieces)
 }
 
 const USAGE_CHUNK: &str = "data: {\"id\":\"chatcmpl-stream1\",\"object\":\"chat.completion.chunk\",\"created\":1741570283,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_06737a9306\",\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":10,\"total_tokens\":29,\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}\n\n";
@@ -76,7 +112,9 @@ async fn non_streaming_call_is_byte_identical_and_recorded() {
     assert!(!got.headers.contains_key("x-meter-agent"));
     assert!(!got.headers.contains_key("x-meter-tags"));
 
-    let metrics = meter.metrics_text().await;
+    let metrics = meter
+        .metrics_when(|m| m.contains("meter_requests_total{"))
+        .await;
     meter.stop().await;
     let rows = rows(&meter.db);
     assert_eq!(rows.len(), 1);
@@ -141,17 +179,11 @@ async fn non_streaming_call_is_byte_identical_and_recorded() {
 }
 
 #[tokio::test]
-async fn stream_reaches_the_client_event_by_event() {
-    // The second event is withheld until the test has seen the first one through meter.
-    let upstream = FakeProvider::start(|_| {
-        FakeResponse::sse(vec![
-            Piece::now(chunk("Hel")),
-            Piece::gated(chunk("lo")),
-            Piece::after(Duration::from_millis(20), USAGE_CHUNK),
-            Piece::now(DONE),
-        ])
-    })
-    .await;
+async fn stream_reaches_the_client_event_by_event_without_the_usage_meter_asked_for() {
+    // The client did not ask for usage: meter asks, reads it, and hides what it added. The
+    // second event is withheld until the test has seen the first one through meter.
+    let upstream =
+        FakeProvider::start(|received| openai_stream(received, &["Hel", "lo"], true)).await;
     let mut meter = Meter::start(&upstream.url(), "").await;
     let request = Request::post(meter.url("/agent/streamer/openai/v1/chat/completions"))
         .header("content-type", "application/json")
@@ -179,14 +211,12 @@ async fn stream_reaches_the_client_event_by_event() {
             all.extend_from_slice(&data);
         }
     }
-    let expected = [
-        chunk("Hel"),
-        chunk("lo"),
-        USAGE_CHUNK.to_string(),
-        DONE.to_string(),
-    ]
-    .concat();
-    assert_eq!(all, expected.as_bytes());
+    // Exactly what the provider sends a client that did not ask for usage.
+    let expected = [chunk("Hel"), chunk("lo"), DONE.to_string()].concat();
+    assert_eq!(String::from_utf8(all).unwrap(), expected);
+    let sent: serde_json::Value = serde_json::from_slice(&upstream.requests()[0].body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    assert_eq!(sent["messages"][0]["content"], "secret prompt text");
 
     meter.stop().await;
     let rows = rows(&meter.db);
@@ -202,22 +232,66 @@ async fn stream_reaches_the_client_event_by_event() {
 }
 
 #[tokio::test]
-async fn stream_without_usage_is_recorded_missing_not_zero() {
+async fn a_client_that_asks_for_usage_gets_it_and_its_request_untouched() {
     let upstream =
-        FakeProvider::start(|_| FakeResponse::sse(vec![Piece::now(chunk("Hi")), Piece::now(DONE)]))
-            .await;
+        FakeProvider::start(|received| openai_stream(received, &["Hi", "!"], false)).await;
     let mut meter = Meter::start(&upstream.url(), "").await;
+    let asked = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, body) = send(post_json(&meter.url("/openai/v1/chat/completions"), asked)).await;
+    assert_eq!(status, 200);
+    let expected = [
+        chunk_with_null_usage("Hi"),
+        chunk_with_null_usage("!"),
+        USAGE_CHUNK.to_string(),
+        DONE.to_string(),
+    ]
+    .concat();
+    assert_eq!(String::from_utf8(body.to_vec()).unwrap(), expected);
+    assert_eq!(upstream.requests()[0].body, asked.as_bytes());
+    meter.stop().await;
+    assert_eq!(rows(&meter.db)[0].usage_status, "reported");
+}
+
+#[tokio::test]
+async fn stream_without_usage_is_estimated_never_zero() {
+    // Injection turned off: the provider sends no usage, meter counts the tokens itself.
+    let upstream = FakeProvider::start(|received| {
+        openai_stream(
+            received,
+            &["Hello there, how are you today?", " Fine."],
+            false,
+        )
+    })
+    .await;
+    let mut meter = Meter::start(
+        &upstream.url(),
+        &format!(
+            "[[provider]]\nname = \"plain\"\nupstream = \"{}\"\ninject_stream_usage = false\n",
+            upstream.url()
+        ),
+    )
+    .await;
     let (status, _, body) = send(post_json(
-        &meter.url("/openai/v1/chat/completions"),
+        &meter.url("/plain/v1/chat/completions"),
         &chat_request(true),
     ))
     .await;
     assert_eq!(status, 200);
-    assert_eq!(body, [chunk("Hi"), DONE.to_string()].concat().as_bytes());
+    let expected = [
+        chunk("Hello there, how are you today?"),
+        chunk(" Fine."),
+        DONE.to_string(),
+    ]
+    .concat();
+    assert_eq!(String::from_utf8(body.to_vec()).unwrap(), expected);
+    assert_eq!(upstream.requests()[0].body, chat_request(true).as_bytes());
     meter.stop().await;
     let row = &rows(&meter.db)[0];
-    assert_eq!(row.usage_status, "missing");
+    assert_eq!(row.usage_status, "estimated");
     assert_eq!(row.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+    // "secret prompt text" plus the per-message overhead; the two deltas' text.
+    assert!((5..=12).contains(&row.input_tokens), "{row:?}");
+    assert!((7..=12).contains(&row.output_tokens), "{row:?}");
     assert!(row.streaming);
 }
 
@@ -371,10 +445,24 @@ async fn client_hanging_up_mid_stream_still_yields_a_row() {
     drop(body); // the client hangs up
     meter.stop().await;
     upstream.release(1);
+    // meter closed the upstream too, so the provider stops generating (and billing).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.aborted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream stream was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let rows = rows(&meter.db);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].error.as_deref(), Some("client_gone"));
-    assert_eq!(rows[0].usage_status, "missing");
+    assert_eq!(rows[0].usage_status, "estimated");
+    assert!(
+        rows[0].input_tokens > 0 && rows[0].output_tokens > 0,
+        "{:?}",
+        rows[0]
+    );
     assert_eq!(rows[0].model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
 }
 
@@ -403,7 +491,7 @@ async fn upstream_cut_mid_stream_is_recorded() {
     let rows = rows(&meter.db);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].error.as_deref(), Some("upstream_reset"));
-    assert_eq!(rows[0].usage_status, "missing");
+    assert_eq!(rows[0].usage_status, "estimated");
 }
 
 #[tokio::test]
@@ -586,7 +674,7 @@ async fn https_upstream_speaks_http2_over_one_pooled_connection() {
         .await;
         assert_eq!(status, 200);
         let expected = if stream {
-            [chunk("Hi"), USAGE_CHUNK.into(), DONE.into()].concat()
+            [chunk("Hi"), DONE.into()].concat()
         } else {
             CHAT_JSON.into()
         };
@@ -703,5 +791,36 @@ async fn silent_upstream_stream_is_cut_after_the_idle_timeout() {
     meter.stop().await;
     let row = &rows(&meter.db)[0];
     assert_eq!(row.error.as_deref(), Some("upstream_idle_timeout"));
-    assert_eq!(row.usage_status, "missing");
+    assert_eq!(row.usage_status, "estimated");
+}
+
+#[tokio::test]
+async fn drain_on_disconnect_reads_on_to_the_providers_usage() {
+    let upstream =
+        FakeProvider::start(|received| openai_stream(received, &["Hel", "lo"], true)).await;
+    let mut meter = Meter::start(
+        &upstream.url(),
+        "[upstream]\ndrain_on_disconnect = true\ndrain_on_disconnect_secs = 10\n",
+    )
+    .await;
+    let response = client()
+        .request(post_json(
+            &meter.url("/openai/v1/chat/completions"),
+            &chat_request(true),
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, chunk("Hel").as_bytes());
+    drop(body); // the client hangs up; the provider goes on
+    upstream.release(1);
+    meter.stop().await;
+    let row = &rows(&meter.db)[0];
+    assert_eq!(row.error.as_deref(), Some("client_gone"));
+    assert_eq!(
+        row.usage_status, "reported",
+        "meter read on to the usage chunk"
+    );
+    assert_eq!((row.input_tokens, row.output_tokens), (19, 10));
 }

@@ -9,10 +9,11 @@ pub use writer::{Recorder, WriterHandle};
 
 use chrono::{DateTime, Utc};
 
-use crate::usage::{Usage, UsageStatus};
+use crate::usage::estimate::EstimateInput;
+use crate::usage::{Quantities, Usage, UsageStatus};
 
 /// One proxied call, as stored in the `usage` table (SPEC §5).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LedgerRecord {
     pub ts: DateTime<Utc>,
     pub agent: String,
@@ -24,7 +25,11 @@ pub struct LedgerRecord {
     pub status: u16,
     pub usage: Usage,
     pub usage_status: UsageStatus,
-    pub cost_usd: Option<f64>,
+    pub quantities: Quantities,
+    /// What the provider said the call cost (OpenRouter), in nano-dollars.
+    pub reported_cost_nanos: Option<i64>,
+    /// The cost recorded, in nano-dollars (1e-9 USD); `None` while unpriced.
+    pub cost_nanos: Option<i64>,
     pub cost_source: Option<&'static str>,
     pub price_id: Option<String>,
     pub latency_ms: u64,
@@ -35,6 +40,20 @@ pub struct LedgerRecord {
     /// What went wrong, when something did: `upstream_unreachable`, `upstream_timeout`,
     /// `upstream_reset`, `upstream_idle_timeout`, `client_gone`, `request_too_large`, ...
     pub error: Option<&'static str>,
+    /// Set when usage must be counted locally; the writer thread does it, off the request path.
+    pub estimate: Option<EstimateInput>,
+}
+
+impl LedgerRecord {
+    /// Replaces missing usage with an estimate where one can be made.
+    pub fn resolve_estimate(&mut self) {
+        if let Some(input) = self.estimate.take() {
+            if let Some(usage) = crate::usage::estimate::estimate(&input) {
+                self.usage = usage;
+                self.usage_status = UsageStatus::Estimated;
+            }
+        }
+    }
 }
 
 /// `ts` as stored: UTC, RFC 3339 with milliseconds.

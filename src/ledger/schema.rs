@@ -37,6 +37,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_ts ON usage (ts);
     CREATE INDEX usage_agent_ts ON usage (agent, ts);
     "#,
+    // v2: quantities beyond tokens, and exact money. `cost_nanos` (1e-9 USD, an integer) is the
+    // figure meter sums; `cost_usd` mirrors it for people using sqlite3. A row inserted by hand
+    // with only `cost_usd` gets its `cost_nanos` from the trigger.
+    r#"
+    ALTER TABLE usage ADD COLUMN images INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage ADD COLUMN image_size TEXT;
+    ALTER TABLE usage ADD COLUMN image_quality TEXT;
+    ALTER TABLE usage ADD COLUMN audio_input_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage ADD COLUMN audio_output_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage ADD COLUMN audio_seconds REAL;
+    ALTER TABLE usage ADD COLUMN web_search_calls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage ADD COLUMN cost_nanos INTEGER;
+    ALTER TABLE usage ADD COLUMN reported_cost_nanos INTEGER;
+    CREATE TRIGGER usage_cost_nanos_from_usd AFTER INSERT ON usage
+    WHEN NEW.cost_nanos IS NULL AND NEW.cost_usd IS NOT NULL
+    BEGIN
+        UPDATE usage SET cost_nanos = CAST(round(NEW.cost_usd * 1e9) AS INTEGER) WHERE id = NEW.id;
+    END;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -79,6 +98,21 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn hand_inserted_cost_gets_exact_nanos() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO usage (ts, provider, route, status, cost_usd) VALUES ('2026-01-01T00:00:00.000Z', 'openai', 'direct', 200, 0.000123456)",
+            [],
+        )
+        .unwrap();
+        let nanos: i64 = conn
+            .query_row("SELECT cost_nanos FROM usage", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(nanos, 123_456);
+    }
 
     #[test]
     fn migrates_once_and_refuses_newer() {

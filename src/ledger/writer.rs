@@ -38,9 +38,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Counts the record in the metrics and queues it for the writer.
+    /// Queues the record for the writer, which counts it in the metrics.
     pub fn record(&self, record: LedgerRecord) {
-        self.metrics.observe(&record);
         self.metrics.ledger_pending_records.inc();
         if self.sender.send(record).is_err() {
             // Only after the writer has stopped, which happens once every Recorder is dropped.
@@ -112,11 +111,18 @@ fn run(
 ) {
     let mut batch = Vec::with_capacity(batch_size);
     // `recv` fails only when every Recorder is gone and the queue is empty: then we are done.
+    let take = |mut record: LedgerRecord| {
+        // Estimation and metrics happen here, off the request path, before the write: the
+        // metrics count a record once, whatever the database does.
+        record.resolve_estimate();
+        metrics.observe(&record);
+        record
+    };
     while let Ok(first) = receiver.recv() {
-        batch.push(first);
+        batch.push(take(first));
         while batch.len() < batch_size {
             match receiver.try_recv() {
-                Ok(record) => batch.push(record),
+                Ok(record) => batch.push(take(record)),
                 Err(_) => break,
             }
         }
@@ -144,12 +150,18 @@ fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Resul
             "INSERT INTO usage (ts, agent, provider, route, model, endpoint, streaming, status,
                 input_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens,
                 output_tokens, reasoning_tokens, cost_usd, cost_source, price_id, usage_status,
-                latency_ms, ttft_ms, key_fingerprint, request_id, tags, error)
+                latency_ms, ttft_ms, key_fingerprint, request_id, tags, error, images, image_size,
+                image_quality, audio_input_tokens, audio_output_tokens, audio_seconds,
+                web_search_calls, cost_nanos, reported_cost_nanos)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
         )?;
         for record in batch {
             let usage = &record.usage;
+            let quantities = &record.quantities;
+            let cost_usd = record.cost_nanos.map(|nanos| nanos as f64 / 1e9);
+            let audio_seconds =
+                (quantities.audio_millis > 0).then(|| quantities.audio_millis as f64 / 1000.0);
             insert.execute(params![
                 format_ts(&record.ts),
                 record.agent,
@@ -165,7 +177,7 @@ fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Resul
                 clamp(usage.cache_write_1h_tokens),
                 clamp(usage.output_tokens),
                 clamp(usage.reasoning_tokens),
-                record.cost_usd,
+                cost_usd,
                 record.cost_source,
                 record.price_id,
                 record.usage_status.as_str(),
@@ -175,6 +187,15 @@ fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Resul
                 record.request_id,
                 record.tags,
                 record.error,
+                clamp(quantities.images),
+                quantities.image_size,
+                quantities.image_quality,
+                clamp(quantities.audio_input_tokens),
+                clamp(quantities.audio_output_tokens),
+                audio_seconds,
+                clamp(quantities.web_search_calls),
+                record.cost_nanos,
+                record.reported_cost_nanos,
             ])?;
         }
     }

@@ -8,7 +8,12 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Provider;
 use crate::ledger::LedgerRecord;
+use crate::usage::estimate::EstimateInput;
+use crate::usage::request::RequestFacts;
 use crate::usage::{Endpoint, ParsedUsage, Usage, UsageStatus};
+
+/// Request bodies up to this size are kept while the call runs, for the estimator.
+const KEEP_REQUEST_BODY_BYTES: usize = 1 << 20;
 
 /// How a call ended, as far as the ledger cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,21 +37,34 @@ pub struct CallContext {
     /// Whether the call can bill tokens at all (a POST); listing models cannot.
     pub billable: bool,
     pub streaming: bool,
-    pub requested_model: Option<String>,
     pub key_fingerprint: Option<String>,
     pub tags: Option<String>,
     pub status: u16,
     pub first_byte: Option<Instant>,
+    /// What the request body said (model, stream, output cap, image size).
+    pub facts: RequestFacts,
+    /// The request body, when small enough, in case usage must be estimated.
+    pub request_body: Option<bytes::Bytes>,
+    pub request_len: u64,
 }
 
 impl CallContext {
+    /// Keeps what the estimator may need from the request body.
+    pub fn keep_request(&mut self, body: &bytes::Bytes) {
+        self.request_len = body.len() as u64;
+        if body.len() <= KEEP_REQUEST_BODY_BYTES {
+            self.request_body = Some(body.clone());
+        }
+    }
+
     /// Makes the call's record. `parsed` is what the usage parser read, if one ran.
-    pub fn into_record(self, parsed: Option<ParsedUsage>, outcome: Outcome) -> LedgerRecord {
+    pub fn into_record(mut self, parsed: Option<ParsedUsage>, outcome: Outcome) -> LedgerRecord {
         let parsed = parsed.unwrap_or_default();
         let error = match outcome {
             Outcome::Complete => None,
             Outcome::Refused(error) | Outcome::Cut(error) => Some(error),
         };
+        let mut estimate = None;
         let (usage, usage_status) = match parsed.usage {
             Some(usage) => (usage, UsageStatus::Reported),
             // Known to be zero: the provider rejected the call, meter never sent it, or the call
@@ -57,7 +75,36 @@ impl CallContext {
             {
                 (Usage::default(), UsageStatus::Reported)
             }
-            None => (Usage::default(), UsageStatus::Missing),
+            // Billed per image, and the images were counted (DALL-E reports no tokens).
+            None if parsed.quantities.images > 0 => (Usage::default(), UsageStatus::Reported),
+            // Nothing seen to count from (a body meter cannot read at all): missing.
+            None if parsed.partial.is_none() && parsed.output_text.is_empty() => {
+                (Usage::default(), UsageStatus::Missing)
+            }
+            // The writer thread counts it (estimated), or leaves it missing.
+            None => {
+                estimate = Some(EstimateInput {
+                    request_body: self.request_body.take(),
+                    request_len: self.request_len,
+                    max_output_tokens: self.facts.max_output_tokens,
+                    partial: parsed.partial,
+                    output_text: parsed.output_text,
+                });
+                (Usage::default(), UsageStatus::Missing)
+            }
+        };
+        let mut quantities = parsed.quantities;
+        if quantities.images > 0 {
+            quantities.image_size = quantities.image_size.or(self.facts.image_size.take());
+            quantities.image_quality = quantities.image_quality.or(self.facts.image_quality.take());
+        }
+        let tags = match parsed.upstream_provider {
+            Some(upstream) => Some(add_tag(
+                self.tags.as_deref(),
+                "upstream_provider",
+                &upstream,
+            )),
+            None => self.tags,
         };
         let now = Instant::now();
         LedgerRecord {
@@ -65,13 +112,15 @@ impl CallContext {
             agent: self.agent,
             provider: self.provider.name.clone(),
             route: self.provider.route.as_str(),
-            model: parsed.model.or(self.requested_model),
+            model: parsed.model.or(self.facts.model),
             endpoint: self.endpoint.as_str(),
             streaming: self.streaming,
             status: self.status,
             usage,
             usage_status,
-            cost_usd: None,
+            quantities,
+            reported_cost_nanos: parsed.reported_cost_nanos,
+            cost_nanos: None,
             cost_source: None,
             price_id: None,
             latency_ms: millis(now.duration_since(self.started)),
@@ -80,10 +129,22 @@ impl CallContext {
                 .map(|first| millis(first.duration_since(self.started))),
             key_fingerprint: self.key_fingerprint,
             request_id: parsed.request_id,
-            tags: self.tags,
+            tags,
             error,
+            estimate,
         }
     }
+}
+
+/// Adds `key: value` to a JSON object of tags (or starts one). Values are JSON-escaped.
+fn add_tag(tags: Option<&str>, key: &str, value: &str) -> String {
+    let mut object = tags
+        .and_then(|t| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(t).ok())
+        .unwrap_or_default();
+    object
+        .entry(key.to_string())
+        .or_insert_with(|| serde_json::Value::String(value.to_string()));
+    serde_json::Value::Object(object).to_string()
 }
 
 fn millis(duration: std::time::Duration) -> u64 {

@@ -3,7 +3,9 @@
 
 pub mod context;
 pub mod forward;
+pub mod rewrite;
 pub mod router;
+pub mod strip;
 pub mod tee;
 
 use std::convert::Infallible;
@@ -18,15 +20,16 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::ledger::Recorder;
+use crate::usage::request::RequestFacts;
 use crate::usage::{self, BodyKind, Endpoint};
 use context::{CallContext, Outcome};
 use router::{RouteError, RouteTable, RouteTarget};
+use strip::UsageChunkStripper;
 use tee::{Metering, TeeBody, UsageReader};
 
 /// The body of every proxy response: the tee'd upstream body, or one meter wrote itself.
@@ -39,6 +42,9 @@ pub struct ProxyState {
     pub recorder: Recorder,
     pub max_request_body_bytes: u64,
     pub max_parse_body_bytes: u64,
+    pub max_rewrite_body_bytes: u64,
+    /// Tracks the tasks that read on after a client hung up (`upstream.drain_on_disconnect`).
+    pub drain_on_disconnect: Option<(tokio_util::task::TaskTracker, Duration)>,
 }
 
 /// Serves the proxy on `listener` until `shutdown` turns true, then lets in-flight calls finish
@@ -108,13 +114,6 @@ async fn serve_connection(
     }
 }
 
-/// The request fields meter reads; everything else in the body is skipped unread.
-#[derive(Deserialize)]
-struct RequestProbe {
-    model: Option<String>,
-    stream: Option<bool>,
-}
-
 /// Handles one client request. Never fails: every problem becomes a response.
 pub async fn handle(
     state: Arc<ProxyState>,
@@ -149,11 +148,13 @@ pub async fn handle(
         endpoint,
         billable,
         streaming: false,
-        requested_model: None,
         key_fingerprint,
         tags,
         status: 0,
         first_byte: None,
+        facts: RequestFacts::default(),
+        request_body: None,
+        request_len: 0,
     };
     if !allowed {
         let message = format!(
@@ -200,16 +201,26 @@ pub async fn handle(
         }
     };
 
-    if let Ok(probe) = serde_json::from_slice::<RequestProbe>(&body) {
-        context.requested_model = probe.model;
-        context.streaming = probe.stream.unwrap_or(false);
+    context.facts = RequestFacts::probe(&body);
+    if context.facts.model.is_none() {
+        context.facts.model = model_from_path(&upstream_path);
     }
-    if context.requested_model.is_none() {
-        context.requested_model = model_from_path(&upstream_path);
-    }
-    if endpoint == Endpoint::StreamGenerateContent {
-        context.streaming = true;
-    }
+    // Ollama's native API streams unless told not to.
+    let native_ollama = matches!(endpoint, Endpoint::OllamaChat | Endpoint::OllamaGenerate);
+    context.streaming = context.facts.stream.unwrap_or(native_ollama)
+        || endpoint == Endpoint::StreamGenerateContent;
+    context.keep_request(&body);
+
+    // Ask for the usage the client did not ask for (issue 3): stream usage on OpenAI-format
+    // streams, and OpenRouter's cost.
+    let mut injected_stream_usage = false;
+    let body = match rewrite_for_usage(&state, &context, endpoint, &body) {
+        Some(rewritten) => {
+            injected_stream_usage = rewritten.injected_stream_usage;
+            Bytes::from(rewritten.body)
+        }
+        None => body,
+    };
 
     let upstream_request = match forward::upstream_request(
         &context.provider.upstream,
@@ -293,6 +304,15 @@ pub async fn handle(
         .headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
+    // The usage-only chunk meter caused is hidden only where it can be cut out cleanly: an
+    // uncompressed event stream of unannounced length. Elsewhere the client sees it (it is a
+    // valid, documented chunk).
+    let identity = encoding.is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"));
+    let stripper = (injected_stream_usage
+        && body_kind == BodyKind::Sse
+        && identity
+        && !parts.headers.contains_key(header::CONTENT_LENGTH))
+    .then(UsageChunkStripper::default);
     let reader = UsageReader::new(parser, encoding, state.max_parse_body_bytes);
     let idle_timeout = context.provider.idle_timeout;
     let body = TeeBody::new(
@@ -302,9 +322,32 @@ pub async fn handle(
             context,
             reader,
             recorder: state.recorder.clone(),
+            stripper,
+            drain: state.drain_on_disconnect.clone(),
         },
     );
     Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// The rewritten request body when meter must ask for usage, else `None` (forwarded as is).
+fn rewrite_for_usage(
+    state: &ProxyState,
+    context: &CallContext,
+    endpoint: Endpoint,
+    body: &Bytes,
+) -> Option<rewrite::Rewritten> {
+    if !matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+        || body.len() as u64 > state.max_rewrite_body_bytes
+    {
+        return None;
+    }
+    let provider = &context.provider;
+    let inject_stream = provider.inject_stream_usage && context.facts.stream == Some(true);
+    let openrouter = provider.flavor == usage::Flavor::OpenRouter;
+    if !inject_stream && !openrouter {
+        return None;
+    }
+    rewrite::request_usage(body, inject_stream, openrouter)
 }
 
 /// The model named in a Gemini-style path: `.../models/<model>:generateContent`.

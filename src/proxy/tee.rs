@@ -17,7 +17,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use tokio_util::task::TaskTracker;
+
 use super::context::{CallContext, Outcome};
+use super::strip::UsageChunkStripper;
 use crate::ledger::Recorder;
 use crate::usage::{ParsedUsage, UsageParser};
 
@@ -184,13 +187,21 @@ pub struct Metering {
     pub context: CallContext,
     pub reader: UsageReader,
     pub recorder: Recorder,
+    /// Set when meter injected stream usage: hides the usage-only chunk from the client.
+    pub stripper: Option<UsageChunkStripper>,
+    /// Set when a client that hangs up mid-stream should not stop the reading of usage: the
+    /// rest of the body is read (bounded in time) by a task tracked here.
+    pub drain: Option<(TaskTracker, Duration)>,
 }
 
 /// The response body meter sends to the client.
 pub struct TeeBody {
-    inner: Incoming,
+    /// `None` once handed to a drain task.
+    inner: Option<Incoming>,
     /// The last data frame handed to the client, read by the parser on the next poll.
     unread: Option<Bytes>,
+    /// The upstream body has ended (a held tail may still be due to the client).
+    upstream_done: bool,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
     metering: Option<Metering>,
@@ -203,8 +214,9 @@ pub struct IdleTimeout(Duration);
 impl TeeBody {
     pub fn new(inner: Incoming, idle_timeout: Duration, metering: Metering) -> TeeBody {
         TeeBody {
-            inner,
+            inner: Some(inner),
             unread: None,
+            upstream_done: false,
             idle_timeout,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             metering: Some(metering),
@@ -220,11 +232,21 @@ impl TeeBody {
     /// The end hook: runs once, makes the call's record.
     fn finish(&mut self, outcome: Outcome) {
         self.read_unread();
-        if let Some(mut metering) = self.metering.take() {
-            let parsed = metering.reader.finish();
-            let record = metering.context.into_record(parsed, outcome);
-            metering.recorder.record(record);
+        if let Some(metering) = self.metering.take() {
+            metering.close(outcome);
         }
+    }
+
+    fn stripping(&self) -> bool {
+        self.metering.as_ref().is_some_and(|m| m.stripper.is_some())
+    }
+}
+
+impl Metering {
+    fn close(mut self, outcome: Outcome) {
+        let parsed = self.reader.finish();
+        let record = self.context.into_record(parsed, outcome);
+        self.recorder.record(record);
     }
 }
 
@@ -237,57 +259,130 @@ impl Body for TeeBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        this.read_unread();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if let Some(metering) = this.metering.as_mut() {
-                        metering.context.first_byte.get_or_insert_with(Instant::now);
-                    }
-                    this.unread = Some(data.clone());
+        loop {
+            this.read_unread();
+            if this.upstream_done {
+                // Only a stripper's held tail can still be due.
+                let tail = this
+                    .metering
+                    .as_mut()
+                    .and_then(|m| m.stripper.as_mut())
+                    .map(UsageChunkStripper::finish)
+                    .filter(|tail| !tail.is_empty());
+                if let Some(tail) = tail {
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
                 }
-                let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => {
-                this.finish(Outcome::Cut("upstream_reset"));
-                Poll::Ready(Some(Err(err.into())))
-            }
-            Poll::Ready(None) => {
                 this.finish(Outcome::Complete);
-                Poll::Ready(None)
+                return Poll::Ready(None);
             }
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.finish(Outcome::Cut("upstream_idle_timeout"));
-                    Poll::Ready(Some(Err(IdleTimeout(this.idle_timeout).into())))
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    let frame = match frame.into_data() {
+                        Ok(data) => {
+                            let Some(metering) = this.metering.as_mut() else {
+                                return Poll::Ready(Some(Ok(Frame::data(data))));
+                            };
+                            metering.context.first_byte.get_or_insert_with(Instant::now);
+                            this.unread = Some(data.clone());
+                            match metering.stripper.as_mut() {
+                                Some(stripper) => {
+                                    let out = stripper.filter(data);
+                                    if out.is_empty() {
+                                        continue;
+                                    }
+                                    Frame::data(out)
+                                }
+                                None => Frame::data(data),
+                            }
+                        }
+                        Err(frame) => frame,
+                    };
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(Some(Err(err))) => {
+                    this.finish(Outcome::Cut("upstream_reset"));
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Ready(None) => {
+                    this.upstream_done = true;
+                    continue;
+                }
+                Poll::Pending => {
+                    return match this.idle.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            this.finish(Outcome::Cut("upstream_idle_timeout"));
+                            Poll::Ready(Some(Err(IdleTimeout(this.idle_timeout).into())))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // With a stripper, a held tail may still be due after the upstream ends.
+        !self.stripping() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            // Removing a chunk changes the length: promise nothing then.
+            Some(inner) if !self.stripping() => inner.size_hint(),
+            _ => SizeHint::default(),
+        }
     }
 }
 
 impl Drop for TeeBody {
     fn drop(&mut self) {
+        if self.metering.is_none() {
+            return;
+        }
         // A server may stop polling once `is_end_stream` is true, without asking for the end:
         // that is a complete body. Anything else dropped early is a client that went away.
-        let outcome = if self.inner.is_end_stream() {
-            Outcome::Complete
-        } else {
-            Outcome::Cut("client_gone")
+        let upstream_ended =
+            self.upstream_done || self.inner.as_ref().is_none_or(Body::is_end_stream);
+        if upstream_ended {
+            self.finish(Outcome::Complete);
+            return;
+        }
+        self.read_unread();
+        let (Some(mut metering), Some(inner)) = (self.metering.take(), self.inner.take()) else {
+            return;
         };
-        self.finish(outcome);
+        match metering.drain.take() {
+            Some((tracker, limit)) => {
+                tracker.spawn(drain_after_disconnect(inner, metering, limit));
+            }
+            None => metering.close(Outcome::Cut("client_gone")),
+        }
     }
+}
+
+/// Reads the rest of a body nobody will receive, so the provider's usage report is not lost;
+/// dropping the upstream body at the deadline closes the connection (and the provider's meter).
+async fn drain_after_disconnect(mut inner: Incoming, mut metering: Metering, limit: Duration) {
+    use http_body_util::BodyExt;
+    let read_rest = async {
+        while let Some(frame) = inner.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        metering.reader.feed(data);
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, read_rest).await;
+    metering.close(Outcome::Cut("client_gone"));
 }
 
 #[cfg(test)]

@@ -5,7 +5,13 @@
 //! keeps only the partial line or event it needs, and at the end says what it read. Failing to
 //! read usage is data (`UsageStatus::Missing`), never an error and never zero tokens "reported".
 
+pub mod anthropic;
+pub mod estimate;
+pub mod gemini;
+pub mod ollama;
 pub mod openai;
+pub mod openai_responses;
+pub mod request;
 pub mod sse;
 
 use std::fmt;
@@ -204,23 +210,25 @@ pub struct ParseContext {
 /// The body framing of a response, decided from its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
-    /// One JSON document.
+    /// One JSON document (or, for Gemini's `streamGenerateContent` without `alt=sse`, a JSON
+    /// array streamed element by element).
     Json,
     /// Server-sent events (`text/event-stream`).
     Sse,
+    /// Newline-delimited JSON (`application/x-ndjson`: Ollama's native streams).
+    Ndjson,
 }
 
 impl BodyKind {
     pub fn from_content_type(content_type: Option<&str>) -> BodyKind {
-        match content_type {
-            Some(ct)
-                if ct
-                    .trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("text/event-stream") =>
-            {
-                BodyKind::Sse
-            }
+        let essence = content_type
+            .and_then(|ct| ct.split(';').next())
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "text/event-stream" => BodyKind::Sse,
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => BodyKind::Ndjson,
             _ => BodyKind::Json,
         }
     }
@@ -239,6 +247,12 @@ pub enum Endpoint {
     StreamGenerateContent,
     OllamaChat,
     OllamaGenerate,
+    ImagesGenerations,
+    ImagesEdits,
+    ImagesVariations,
+    AudioTranscriptions,
+    AudioTranslations,
+    AudioSpeech,
     Other,
 }
 
@@ -264,6 +278,18 @@ impl Endpoint {
             Endpoint::OllamaChat
         } else if path.ends_with("/api/generate") {
             Endpoint::OllamaGenerate
+        } else if path.ends_with("/images/generations") {
+            Endpoint::ImagesGenerations
+        } else if path.ends_with("/images/edits") {
+            Endpoint::ImagesEdits
+        } else if path.ends_with("/images/variations") {
+            Endpoint::ImagesVariations
+        } else if path.ends_with("/audio/transcriptions") {
+            Endpoint::AudioTranscriptions
+        } else if path.ends_with("/audio/translations") {
+            Endpoint::AudioTranslations
+        } else if path.ends_with("/audio/speech") {
+            Endpoint::AudioSpeech
         } else {
             Endpoint::Other
         }
@@ -281,6 +307,12 @@ impl Endpoint {
             Endpoint::StreamGenerateContent => "streamGenerateContent",
             Endpoint::OllamaChat => "api.chat",
             Endpoint::OllamaGenerate => "api.generate",
+            Endpoint::ImagesGenerations => "images.generations",
+            Endpoint::ImagesEdits => "images.edits",
+            Endpoint::ImagesVariations => "images.variations",
+            Endpoint::AudioTranscriptions => "audio.transcriptions",
+            Endpoint::AudioTranslations => "audio.translations",
+            Endpoint::AudioSpeech => "audio.speech",
             Endpoint::Other => "other",
         }
     }
@@ -297,13 +329,54 @@ pub trait UsageParser: Send {
 
 /// The parser for a response, or `None` when meter cannot read usage of this endpoint yet.
 pub fn parser_for(context: &ParseContext) -> Option<Box<dyn UsageParser>> {
+    use openai_responses as responses;
     match (context.endpoint, context.body) {
-        (Endpoint::ChatCompletions, BodyKind::Json) => {
-            Some(Box::new(openai::ChatCompletionJson::default()))
-        }
         (Endpoint::ChatCompletions, BodyKind::Sse) => {
-            Some(Box::new(openai::ChatCompletionStream::default()))
+            Some(Box::new(openai::ChatCompletionStream::new(context.flavor)))
         }
+        (Endpoint::ChatCompletions, _) => {
+            Some(Box::new(openai::ChatCompletionJson::new(context.flavor)))
+        }
+        (Endpoint::OllamaChat | Endpoint::OllamaGenerate, _) => {
+            Some(Box::new(ollama::OllamaParser::default()))
+        }
+        (Endpoint::Messages, BodyKind::Json) => Some(Box::new(anthropic::MessagesJson::default())),
+        (Endpoint::Messages, BodyKind::Sse) => Some(Box::new(anthropic::MessagesStream::default())),
+        (Endpoint::GenerateContent, BodyKind::Json) => {
+            Some(Box::new(gemini::GenerateContentJson::default()))
+        }
+        (Endpoint::GenerateContent | Endpoint::StreamGenerateContent, BodyKind::Sse) => {
+            Some(Box::new(gemini::GenerateContentStream::sse()))
+        }
+        (Endpoint::StreamGenerateContent, BodyKind::Json) => {
+            Some(Box::new(gemini::GenerateContentStream::json_array()))
+        }
+        (Endpoint::Responses, BodyKind::Sse) => {
+            Some(Box::new(responses::ResponsesStream::default()))
+        }
+        (Endpoint::Responses, _) => Some(Box::new(responses::ResponsesJson::default())),
+        (Endpoint::Completions, BodyKind::Sse) => {
+            Some(Box::new(responses::CompletionsStream::default()))
+        }
+        (Endpoint::Completions, _) => Some(Box::new(responses::CompletionsJson::default())),
+        (Endpoint::Embeddings, _) => Some(Box::new(responses::EmbeddingsJson::default())),
+        (
+            Endpoint::ImagesGenerations | Endpoint::ImagesEdits | Endpoint::ImagesVariations,
+            BodyKind::Sse,
+        ) => Some(Box::new(responses::ImagesStream::default())),
+        (Endpoint::ImagesGenerations | Endpoint::ImagesEdits | Endpoint::ImagesVariations, _) => {
+            Some(Box::new(responses::ImagesJson::default()))
+        }
+        (Endpoint::AudioTranscriptions | Endpoint::AudioTranslations, BodyKind::Sse) => {
+            Some(Box::new(responses::TranscriptionStream::default()))
+        }
+        (Endpoint::AudioTranscriptions | Endpoint::AudioTranslations, _) => {
+            Some(Box::new(responses::TranscriptionJson::default()))
+        }
+        (Endpoint::AudioSpeech, BodyKind::Sse) => {
+            Some(Box::new(responses::SpeechStream::default()))
+        }
+        (Endpoint::AudioSpeech, _) => Some(Box::new(responses::NoUsage)),
         _ => None,
     }
 }

@@ -18,6 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+pub mod parsing;
+
 /// One piece of a fake response body: wait for `delay`, then for a gate permit if `gated`,
 /// then send `bytes` as one frame.
 #[derive(Clone)]
@@ -111,6 +113,8 @@ pub struct FakeProvider {
     pub received: Arc<Mutex<Vec<Received>>>,
     /// One entry per accepted connection: the ALPN protocol agreed ("" for plain HTTP).
     pub connections: Arc<Mutex<Vec<String>>>,
+    /// Responses whose body the other side stopped reading before the end.
+    pub aborted: Arc<std::sync::atomic::AtomicUsize>,
     tls: bool,
     gate: Arc<Semaphore>,
     _stop: oneshot::Sender<()>,
@@ -167,7 +171,13 @@ impl FakeProvider {
         let handler: Arc<Handler> = Arc::new(handler);
         let (stop, mut stopped) = oneshot::channel();
         let connections = Arc::new(Mutex::new(Vec::new()));
-        let (rec, g, conns) = (received.clone(), gate.clone(), connections.clone());
+        let aborted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (rec, g, conns, abort_count) = (
+            received.clone(),
+            gate.clone(),
+            connections.clone(),
+            aborted.clone(),
+        );
         let is_tls = tls.is_some();
         tokio::spawn(async move {
             loop {
@@ -177,11 +187,16 @@ impl FakeProvider {
                 };
                 let _ = stream.set_nodelay(true);
                 let (handler, rec, gate) = (handler.clone(), rec.clone(), g.clone());
-                let (tls, conns) = (tls.clone(), conns.clone());
+                let (tls, conns, abort_count) = (tls.clone(), conns.clone(), abort_count.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let (handler, rec, gate) = (handler.clone(), rec.clone(), gate.clone());
-                        async move { Ok::<_, Infallible>(serve(request, &*handler, &rec, gate).await) }
+                        let abort_count = abort_count.clone();
+                        async move {
+                            Ok::<_, Infallible>(
+                                serve(request, &*handler, &rec, gate, abort_count).await,
+                            )
+                        }
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -214,6 +229,7 @@ impl FakeProvider {
             addr,
             received,
             connections,
+            aborted,
             tls: is_tls,
             gate,
             _stop: stop,
@@ -242,6 +258,7 @@ async fn serve(
     handler: &Handler,
     received: &Mutex<Vec<Received>>,
     gate: Arc<Semaphore>,
+    aborted: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Response<FakeBody> {
     let (parts, body) = request.into_parts();
     let body = body
@@ -271,10 +288,13 @@ async fn serve(
                 permit.forget();
             }
             if tx.send(Ok(Frame::data(piece.bytes))).await.is_err() {
+                aborted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 return;
             }
         }
         if reset {
+            // Let the pieces reach the wire first: hyper aborts the connection at once.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = tx.send(Err(std::io::Error::other("reset"))).await;
         }
     });
@@ -362,6 +382,19 @@ impl Meter {
         }
     }
 
+    /// `/metrics` once `ready` holds (records are counted by the ledger writer, a moment after
+    /// the response), waiting at most 10 s.
+    pub async fn metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.metrics_text().await;
+            if ready(&text) || std::time::Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn metrics_text(&self) -> String {
         let (status, _, body) = send(
             Request::get(format!("http://{}/metrics", self.metrics))
@@ -420,6 +453,11 @@ pub struct Row {
     pub error: Option<String>,
     pub ttft_ms: Option<i64>,
     pub ts: String,
+    pub cache_write_tokens: i64,
+    pub cache_write_1h_tokens: i64,
+    pub web_search_calls: i64,
+    pub images: i64,
+    pub reported_cost_nanos: Option<i64>,
 }
 
 pub fn rows(db: &Path) -> Vec<Row> {
@@ -428,7 +466,8 @@ pub fn rows(db: &Path) -> Vec<Row> {
         .prepare(
             "SELECT agent, provider, route, model, endpoint, streaming, status, input_tokens,
                     cache_read_tokens, output_tokens, reasoning_tokens, usage_status,
-                    key_fingerprint, request_id, tags, error, ttft_ms, ts
+                    key_fingerprint, request_id, tags, error, ttft_ms, ts, cache_write_tokens,
+                    cache_write_1h_tokens, web_search_calls, images, reported_cost_nanos
              FROM usage ORDER BY id",
         )
         .unwrap();
@@ -452,6 +491,11 @@ pub fn rows(db: &Path) -> Vec<Row> {
             error: r.get(15)?,
             ttft_ms: r.get(16)?,
             ts: r.get(17)?,
+            cache_write_tokens: r.get(18)?,
+            cache_write_1h_tokens: r.get(19)?,
+            web_search_calls: r.get(20)?,
+            images: r.get(21)?,
+            reported_cost_nanos: r.get(22)?,
         })
     })
     .unwrap()
