@@ -178,3 +178,171 @@ async fn openai_responses_embeddings_and_images() {
     ])
     .await;
 }
+
+const STREAM_WITH_USAGE: &str = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+const PLAIN: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+fn chat(provider: &'static str, fixture: &'static str, expected: Expected) -> Call {
+    let stream = fixture.ends_with(".sse");
+    Call {
+        provider,
+        path: "/v1/chat/completions",
+        request: if stream { STREAM_WITH_USAGE } else { PLAIN },
+        fixture,
+        content_type: if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        },
+        expected,
+    }
+}
+
+type Expected = (i64, i64, i64, i64, i64, &'static str, &'static str);
+
+#[tokio::test]
+async fn openai_compatible_providers() {
+    check(&[
+        chat(
+            "openrouter",
+            "openrouter/chat_cost.json",
+            (
+                120,
+                3072,
+                2048,
+                212,
+                0,
+                "reported",
+                "anthropic/claude-sonnet-4",
+            ),
+        ),
+        chat(
+            "openrouter",
+            "openrouter/chat_stream_cost.sse",
+            (
+                128,
+                896,
+                0,
+                380,
+                256,
+                "reported",
+                "openai/gpt-5-mini-2025-08-07",
+            ),
+        ),
+        chat(
+            "mistral",
+            "mistral/chat_cached.json",
+            (5, 1008, 0, 30, 0, "reported", "mistral-large-latest"),
+        ),
+        chat(
+            "mistral",
+            "mistral/chat_stream.sse",
+            (34, 0, 0, 27, 0, "reported", "mistral-small-latest"),
+        ),
+        chat(
+            "xai",
+            "xai/chat_reasoning.json",
+            (47, 283, 0, 330, 319, "reported", "grok-3-mini-high"),
+        ),
+        chat(
+            "xai",
+            "xai/chat_stream_reasoning.sse",
+            (21, 311, 0, 133, 120, "reported", "grok-3-mini-high"),
+        ),
+        chat(
+            "deepseek",
+            "deepseek/chat_cache_hit.json",
+            (64, 1472, 0, 64, 0, "reported", "deepseek-chat"),
+        ),
+        chat(
+            "deepseek",
+            "deepseek/chat_reasoner_stream.sse",
+            (18, 0, 0, 142, 118, "reported", "deepseek-reasoner"),
+        ),
+        chat(
+            "groq",
+            "groq/chat_cached.json",
+            (128, 1280, 0, 236, 174, "reported", "openai/gpt-oss-20b"),
+        ),
+        chat(
+            "groq",
+            "groq/chat_stream_x_groq.sse",
+            (45, 0, 0, 10, 0, "reported", "llama-3.3-70b-versatile"),
+        ),
+        chat(
+            "vllm",
+            "vllm/chat_prefix_cached.json",
+            (163, 1024, 0, 213, 0, "reported", "Qwen/Qwen3-8B"),
+        ),
+        chat(
+            "vllm",
+            "vllm/chat_stream_continuous.sse",
+            (28, 0, 0, 8, 0, "reported", "Qwen/Qwen2.5-7B-Instruct"),
+        ),
+        chat(
+            "ollama",
+            "openai/chat_plain.json",
+            (24, 0, 0, 8, 0, "reported", "gpt-4o-mini-2024-07-18"),
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn ollama_native_api() {
+    check(&[
+        Call {
+            provider: "ollama",
+            path: "/api/chat",
+            request: r#"{"model":"llama3.2","messages":[{"role":"user","content":"why is the sky blue"}]}"#,
+            fixture: "ollama/chat_stream.ndjson",
+            content_type: "application/x-ndjson",
+            expected: (31, 0, 0, 10, 0, "reported", "llama3.2"),
+        },
+        Call {
+            provider: "ollama",
+            path: "/api/generate",
+            request: r#"{"model":"llama3.2","prompt":"why is the sky blue","stream":false}"#,
+            fixture: "ollama/generate.json",
+            content_type: "application/json; charset=utf-8",
+            expected: (26, 0, 0, 290, 0, "reported", "llama3.2"),
+        },
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn openrouter_cost_and_upstream_are_kept_and_cost_is_asked_for() {
+    let body = fixture("openrouter/chat_cost.json");
+    let served = body.clone();
+    let upstream = FakeProvider::start(move |_| FakeResponse::json(200, served.clone())).await;
+    let mut meter = Meter::start(
+        &upstream.url(),
+        &format!(
+            "[[provider]]\nname = \"openrouter\"\nupstream = \"{}\"\n",
+            upstream.url()
+        ),
+    )
+    .await;
+    let request = PLAIN.replace("\"m\"", "\"anthropic/claude-sonnet-4\"");
+    let (status, _, got) = send(post_json(
+        &meter.url("/openrouter/v1/chat/completions"),
+        &request,
+    ))
+    .await;
+    assert_eq!((status, got), (200, Bytes::from(body)));
+    let sent: serde_json::Value = serde_json::from_slice(&upstream.requests()[0].body).unwrap();
+    assert_eq!(
+        sent["usage"]["include"], true,
+        "meter asks OpenRouter for the cost"
+    );
+    assert_eq!(sent["messages"][0]["content"], "hi");
+    meter.stop().await;
+    let row = &rows(&meter.db)[0];
+    assert_eq!(row.route, "router");
+    assert_eq!(row.reported_cost_nanos, Some(12_141_600));
+    assert_eq!(
+        row.tags.as_deref(),
+        Some(r#"{"upstream_provider":"Anthropic"}"#)
+    );
+}
