@@ -19,7 +19,10 @@ struct Call {
     expected: (i64, i64, i64, i64, i64, &'static str, &'static str),
 }
 
+/// Built-in providers, plus two added in config the way users add Azure and Vertex AI.
 const PROVIDERS: &[&str] = &[
+    "azure",
+    "vertex",
     "anthropic",
     "gemini",
     "openrouter",
@@ -69,7 +72,13 @@ async fn check(calls: &[Call]) {
         *served.lock().unwrap() = Some((body.clone(), call.content_type));
         let url = meter.url(&format!("/{}{}", call.provider, call.path));
         let (status, _, got) = send(post_json(&url, call.request)).await;
-        assert_eq!(status, 200, "{}", call.fixture);
+        assert_eq!(
+            status,
+            200,
+            "{}: {}",
+            call.fixture,
+            String::from_utf8_lossy(&got)
+        );
         assert_eq!(
             got, body,
             "{}: the client must get the provider's bytes",
@@ -284,6 +293,29 @@ async fn openai_compatible_providers() {
             "openai/chat_plain.json",
             (24, 0, 0, 8, 0, "reported", "gpt-4o-mini-2024-07-18"),
         ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn azure_and_vertex_paths() {
+    check(&[
+        Call {
+            provider: "azure",
+            path: "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+            request: STREAM_WITH_USAGE,
+            fixture: "azure/chat_stream_filters.sse",
+            content_type: "text/event-stream",
+            expected: (198, 1152, 0, 42, 0, "reported", "gpt-4o-2024-11-20"),
+        },
+        Call {
+            provider: "vertex",
+            path: "/v1/projects/acme/locations/us-central1/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            request: r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
+            fixture: "gemini/vertex_stream.sse",
+            content_type: "text/event-stream",
+            expected: (4, 0, 0, 37, 28, "reported", "gemini-2.5-flash"),
+        },
     ])
     .await;
 }

@@ -181,7 +181,8 @@ impl Flavor {
             Flavor::Anthropic
         } else if is("generativelanguage.googleapis.com") {
             Flavor::Gemini
-        } else if is("aiplatform.googleapis.com") {
+        } else if host.ends_with("aiplatform.googleapis.com") {
+            // Regional endpoints are `<region>-aiplatform.googleapis.com`.
             Flavor::Vertex
         } else if is("openrouter.ai") {
             Flavor::OpenRouter
@@ -378,5 +379,88 @@ pub fn parser_for(context: &ParseContext) -> Option<Box<dyn UsageParser>> {
         }
         (Endpoint::AudioSpeech, _) => Some(Box::new(responses::NoUsage)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_and_body_kind_recognition() {
+        let endpoints = [
+            ("/v1/chat/completions", Endpoint::ChatCompletions),
+            (
+                "/openai/deployments/d/chat/completions",
+                Endpoint::ChatCompletions,
+            ),
+            ("/v1beta/openai/chat/completions", Endpoint::ChatCompletions),
+            ("/v1/completions", Endpoint::Completions),
+            ("/v1/responses", Endpoint::Responses),
+            ("/openai/v1/responses", Endpoint::Responses),
+            ("/v1/embeddings", Endpoint::Embeddings),
+            ("/v1/messages", Endpoint::Messages),
+            (
+                "/v1beta/models/gemini-2.5-pro:generateContent",
+                Endpoint::GenerateContent,
+            ),
+            (
+                "/v1/projects/p/locations/l/publishers/google/models/m:streamGenerateContent",
+                Endpoint::StreamGenerateContent,
+            ),
+            ("/api/chat", Endpoint::OllamaChat),
+            ("/api/generate", Endpoint::OllamaGenerate),
+            ("/v1/images/generations", Endpoint::ImagesGenerations),
+            ("/v1/audio/transcriptions", Endpoint::AudioTranscriptions),
+            ("/v1/audio/speech", Endpoint::AudioSpeech),
+            ("/v1/models", Endpoint::Other),
+        ];
+        for (path, want) in endpoints {
+            assert_eq!(Endpoint::from_path(path), want, "{path}");
+        }
+        let kinds = [
+            (Some("text/event-stream; charset=utf-8"), BodyKind::Sse),
+            (Some("Text/Event-Stream"), BodyKind::Sse),
+            (Some("application/x-ndjson"), BodyKind::Ndjson),
+            (Some("application/json"), BodyKind::Json),
+            (None, BodyKind::Json),
+        ];
+        for (content_type, want) in kinds {
+            assert_eq!(
+                BodyKind::from_content_type(content_type),
+                want,
+                "{content_type:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn flavor_from_name_then_host() {
+        let cases = [
+            ("xai", "127.0.0.1", Flavor::Xai),
+            ("azure", "acme.openai.azure.com", Flavor::Azure),
+            (
+                "vertex",
+                "us-central1-aiplatform.googleapis.com",
+                Flavor::Vertex,
+            ),
+            ("or", "openrouter.ai", Flavor::OpenRouter),
+            ("mine", "10.0.0.7", Flavor::Generic),
+        ];
+        for (name, host, want) in cases {
+            assert_eq!(Flavor::detect(name, host), want, "{name} {host}");
+        }
+    }
+
+    #[test]
+    fn output_text_is_capped_on_a_char_boundary() {
+        let mut text = OutputText::default();
+        text.push(&"é".repeat(OutputText::CAP));
+        assert!(text.text.len() <= OutputText::CAP);
+        assert!(text.overflow_bytes > 0);
+        assert_eq!(
+            text.text.len() as u64 + text.overflow_bytes,
+            2 * OutputText::CAP as u64
+        );
     }
 }
