@@ -51,7 +51,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
-    let (recorder, writer) = writer::open(&config.store, metrics.clone())?;
+    let table = config.rate_table()?;
+    let pricer = writer::Pricer::new(&config, table);
+    let (recorder, writer) = writer::open(&config.store, metrics.clone(), pricer)?;
     let client = forward::client(&config.upstream)?;
     let drains = tokio_util::task::TaskTracker::new();
     let proxy_state = Arc::new(ProxyState {

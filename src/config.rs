@@ -229,6 +229,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub providers: Vec<Provider>,
     pub agents: Vec<Agent>,
+    /// `[[price]]` entries: the rate table's top layer.
+    pub prices: Vec<crate::pricing::RateEntry>,
+    /// The `prices_file` (middle layer), loaded when it exists.
+    pub prices_file: PathBuf,
 }
 
 /// Built-in providers (SPEC §2): name, upstream, kind, route.
@@ -294,6 +298,7 @@ pub const BUILTIN_PROVIDERS: &[(&str, &str, WireKind, Route)] = &[
 const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 const DEFAULT_DB: &str = "meter.db";
+const DEFAULT_PRICES_FILE: &str = "prices.toml";
 const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 32 * 1024 * 1024;
 const DEFAULT_MAX_PARSE_BODY_BYTES: u64 = 64 * 1024 * 1024;
@@ -312,22 +317,26 @@ const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 64;
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     timezone: String,
+    prices_file: String,
     server: RawServer,
     store: RawStore,
     upstream: RawUpstream,
     provider: Vec<RawProvider>,
     agent: Vec<RawAgent>,
+    price: Vec<crate::pricing::RawPrice>,
 }
 
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
             timezone: "UTC".to_string(),
+            prices_file: DEFAULT_PRICES_FILE.to_string(),
             server: RawServer::default(),
             store: RawStore::default(),
             upstream: RawUpstream::default(),
             provider: Vec::new(),
             agent: Vec::new(),
+            price: Vec::new(),
         }
     }
 }
@@ -494,7 +503,49 @@ impl Config {
                     invalid(format!("{path}: {message}"))
                 }
             })?;
-        raw.validate().map_err(invalid)
+        // A relative `prices_file` is beside the config file.
+        let base = Path::new(file).parent().unwrap_or(Path::new(""));
+        raw.validate(base).map_err(invalid)
+    }
+
+    /// The rate table: `[[price]]` entries over the `prices_file` (when present) over the
+    /// built-in table.
+    pub fn rate_table(&self) -> Result<crate::pricing::RateTable, ConfigError> {
+        let file_entries = if self.prices_file.is_file() {
+            let file = self.prices_file.display().to_string();
+            let text =
+                std::fs::read_to_string(&self.prices_file).map_err(|source| ConfigError::Read {
+                    file: file.clone(),
+                    source,
+                })?;
+            crate::pricing::parse_price_file(&text, crate::pricing::Layer::File)
+                .map_err(|message| ConfigError::Invalid { file, message })?
+        } else {
+            Vec::new()
+        };
+        crate::pricing::RateTable::from_layers(self.prices.clone(), file_entries).map_err(
+            |message| ConfigError::Invalid {
+                file: "<built-in price table>".to_string(),
+                message,
+            },
+        )
+    }
+
+    /// What pricing needs to know about the provider named `name` (a provider no longer in the
+    /// config is priced as a direct one without markup).
+    pub fn provider_pricing(&self, name: &str) -> crate::pricing::ProviderPricing {
+        match self.providers.iter().find(|p| p.name == name) {
+            Some(p) => crate::pricing::ProviderPricing {
+                flavor: p.flavor,
+                markup: p.markup,
+                local: p.route == Route::Local,
+            },
+            None => crate::pricing::ProviderPricing {
+                flavor: crate::usage::Flavor::detect(name, ""),
+                markup: 0.0,
+                local: false,
+            },
+        }
     }
 }
 
@@ -523,7 +574,7 @@ fn positive_secs(key: &str, secs: u64) -> Result<Duration, String> {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, String> {
+    fn validate(self, base: &Path) -> Result<Config, String> {
         let timezone: chrono_tz::Tz = self.timezone.parse().map_err(|_| {
             format!(
                 "timezone: unknown time zone {:?} (expected an IANA name such as \"Europe/Paris\")",
@@ -755,6 +806,17 @@ impl RawConfig {
             });
         }
 
+        let prices = self
+            .price
+            .iter()
+            .enumerate()
+            .map(|(i, price)| price.validate(&format!("price[{i}]"), crate::pricing::Layer::Config))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.prices_file.trim().is_empty() {
+            return Err("prices_file: must not be empty".to_string());
+        }
+        let prices_file = base.join(&self.prices_file);
+
         Ok(Config {
             timezone,
             server,
@@ -762,6 +824,8 @@ impl RawConfig {
             upstream,
             providers,
             agents,
+            prices,
+            prices_file,
         })
     }
 }
@@ -775,6 +839,8 @@ pub fn render_default_config() -> String {
 # Docs: README.md. Money is USD; durations are in the key's unit.
 
 timezone = "UTC"                         # IANA zone for periods, budgets and schedules
+prices_file = "{DEFAULT_PRICES_FILE}"                # [[price]] entries beside this file, loaded when present
+                                         # (meter prices import writes it)
 
 [server]
 listen = "{DEFAULT_LISTEN}"              # the proxy; keep it on loopback unless you front it
@@ -834,6 +900,23 @@ drain_on_disconnect_secs = {DEFAULT_DRAIN_ON_DISCONNECT_SECS}            #   ...
 # keys = ["3f9a1c0b2d4e"]
 # data_class = "public"                  # public | confidential | regulated
 # routes = ["direct", "router", "local"] # routes this agent may use; others get 403
+
+# Prices (USD per 1M tokens) over the built-in table; `meter prices list` shows what is in
+# force. Config entries beat prices_file entries, which beat built-in ones; within a layer the
+# most specific model match wins, then the latest `effective` date not after the call.
+# [[price]]
+# provider = "openai"                    # a provider name, or "*"
+# model = "gpt-4o*"                      # exact, or a glob
+# effective = "2024-10-01"
+# input = 2.50
+# output = 10.00
+# cache_read = 1.25                      # also: cache_write, cache_write_1h, audio_input,
+#                                        # audio_output, batch_discount, per_image,
+#                                        # per_audio_second, per_web_search, source
+# [[price.tier]]                         # prices above a prompt size
+# above_prompt_tokens = 200000
+# input = 5.00
+# output = 15.00
 "#,
     );
     out

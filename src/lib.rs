@@ -13,5 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod ledger;
 pub mod metrics;
+pub mod pricing;
 pub mod proxy;
 pub mod usage;

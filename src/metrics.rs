@@ -2,8 +2,8 @@
 //! one place from each finished [`LedgerRecord`] so that `/metrics` and the ledger agree.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::ledger::LedgerRecord;
@@ -18,6 +18,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests_total: IntCounterVec,
     pub tokens_total: IntCounterVec,
+    pub cost_usd_total: CounterVec,
+    pub unpriced_requests_total: IntCounterVec,
     pub request_duration_seconds: HistogramVec,
     pub time_to_first_byte_seconds: HistogramVec,
     pub usage_unread_total: IntCounterVec,
@@ -41,6 +43,20 @@ impl Metrics {
                 "Tokens metered, by type (input, cache_read, cache_write, output, reasoning); reasoning is part of output, cache_read and cache_write are not part of input.",
             ),
             &["provider", "route", "model", "agent", "type"],
+        )?;
+        let cost_usd_total = CounterVec::new(
+            Opts::new(
+                "meter_cost_usd_total",
+                "Spend in USD: the provider-reported cost where there is one, else the rate table's price (markup included). Unpriced calls add nothing; see meter_unpriced_requests_total.",
+            ),
+            &["provider", "route", "model", "agent"],
+        )?;
+        let unpriced_requests_total = IntCounterVec::new(
+            Opts::new(
+                "meter_unpriced_requests_total",
+                "Calls recorded without a cost because the rate table has no price for their model.",
+            ),
+            &["provider", "model"],
         )?;
         let request_duration_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -75,6 +91,8 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(tokens_total.clone()))?;
+        registry.register(Box::new(cost_usd_total.clone()))?;
+        registry.register(Box::new(unpriced_requests_total.clone()))?;
         registry.register(Box::new(request_duration_seconds.clone()))?;
         registry.register(Box::new(time_to_first_byte_seconds.clone()))?;
         registry.register(Box::new(usage_unread_total.clone()))?;
@@ -84,6 +102,8 @@ impl Metrics {
             registry,
             requests_total,
             tokens_total,
+            cost_usd_total,
+            unpriced_requests_total,
             request_duration_seconds,
             time_to_first_byte_seconds,
             usage_unread_total,
@@ -122,6 +142,10 @@ impl Metrics {
                 .with_label_values(&[base[0], base[1], base[2], base[3], kind])
                 .inc_by(count);
         }
+        let cost = self.cost_usd_total.with_label_values(&base);
+        if let Some(nanos) = record.cost_nanos {
+            cost.inc_by(nanos as f64 / 1e9);
+        }
         let short = [record.provider.as_str(), record.route];
         self.request_duration_seconds
             .with_label_values(&short)
@@ -136,6 +160,14 @@ impl Metrics {
                 .with_label_values(&[record.provider.as_str(), record.usage_status.as_str()])
                 .inc();
         }
+    }
+
+    /// Counts a call recorded without a price.
+    pub fn observe_unpriced(&self, provider: &str, model: &str) {
+        let model = if model.is_empty() { "unknown" } else { model };
+        self.unpriced_requests_total
+            .with_label_values(&[provider, model])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

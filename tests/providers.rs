@@ -374,6 +374,18 @@ async fn openrouter_cost_and_upstream_are_kept_and_cost_is_asked_for() {
     assert_eq!(row.route, "router");
     assert_eq!(row.reported_cost_nanos, Some(12_141_600));
     assert_eq!(
+        (row.cost_nanos, row.cost_source.as_deref()),
+        (Some(12_141_600), Some("provider_reported"))
+    );
+    // The table's figure for the same call is kept beside it: Anthropic's own Sonnet 4 price,
+    // 120 × $3 + 3072 × $0.30 + 2048 × $3.75 + 212 × $15 per 1M, which is what OpenRouter
+    // charged here (no markup on this call).
+    assert_eq!(row.table_cost_nanos, Some(12_141_600), "{row:?}");
+    assert!(row
+        .price_id
+        .as_deref()
+        .is_some_and(|id| id.starts_with("builtin:anthropic/claude-sonnet-4")));
+    assert_eq!(
         row.tags.as_deref(),
         Some(r#"{"upstream_provider":"Anthropic"}"#)
     );

@@ -131,6 +131,17 @@ async fn non_streaming_call_is_byte_identical_and_recorded() {
         (93, 1024, 46)
     );
     assert_eq!(row.usage_status, "reported");
+    // Priced by the built-in gpt-4o entry: 93 × $2.50 + 1024 × $1.25 + 46 × $10 per 1M.
+    assert_eq!(row.cost_nanos, Some(1_972_500));
+    assert_eq!(row.cost_usd, Some(0.0019725));
+    assert_eq!(row.cost_source.as_deref(), Some("rate_table"));
+    assert!(
+        row.price_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("builtin:openai/gpt-4o")),
+        "{:?}",
+        row.price_id
+    );
     assert_eq!(
         row.request_id.as_deref(),
         Some("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG")
@@ -168,6 +179,10 @@ async fn non_streaming_call_is_byte_identical_and_recorded() {
         metrics.contains(&format!(
             "meter_tokens_total{{{labels},type=\"output\"}} 46"
         )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("meter_cost_usd_total{{{labels}}} 0.0019725")),
         "{metrics}"
     );
 

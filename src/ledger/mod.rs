@@ -30,6 +30,8 @@ pub struct LedgerRecord {
     pub reported_cost_nanos: Option<i64>,
     /// The cost recorded, in nano-dollars (1e-9 USD); `None` while unpriced.
     pub cost_nanos: Option<i64>,
+    /// The rate table's figure (markup included), also when the provider reported the cost.
+    pub table_cost_nanos: Option<i64>,
     pub cost_source: Option<&'static str>,
     pub price_id: Option<String>,
     pub latency_ms: u64,
@@ -45,6 +47,30 @@ pub struct LedgerRecord {
 }
 
 impl LedgerRecord {
+    /// Prices the record (SPEC §6); returns true when it needed a price and found none.
+    pub fn price(
+        &mut self,
+        table: &crate::pricing::RateTable,
+        provider: crate::pricing::ProviderPricing,
+    ) -> bool {
+        let usage = (self.usage_status != UsageStatus::Missing).then_some(&self.usage);
+        let priced = crate::pricing::price_call(
+            table,
+            &self.provider,
+            provider,
+            self.model.as_deref(),
+            self.ts.date_naive(),
+            usage,
+            &self.quantities,
+            self.reported_cost_nanos,
+        );
+        self.cost_nanos = priced.cost_nanos;
+        self.table_cost_nanos = priced.table_cost_nanos;
+        self.cost_source = priced.cost_source;
+        self.price_id = priced.price_id;
+        priced.unpriced
+    }
+
     /// Replaces missing usage with an estimate where one can be made.
     pub fn resolve_estimate(&mut self) {
         if let Some(input) = self.estimate.take() {

@@ -56,6 +56,12 @@ const MIGRATIONS: &[&str] = &[
         UPDATE usage SET cost_nanos = CAST(round(NEW.cost_usd * 1e9) AS INTEGER) WHERE id = NEW.id;
     END;
     "#,
+    // v3: what the rate table says a call cost, kept beside a provider-reported cost so that a
+    // router's markup can be shown; and an index for `prices check`.
+    r#"
+    ALTER TABLE usage ADD COLUMN table_cost_nanos INTEGER;
+    CREATE INDEX usage_unpriced ON usage (provider, model) WHERE cost_nanos IS NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -11,8 +11,11 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::{format_ts, schema, LedgerRecord};
-use crate::config::StoreConfig;
+use std::collections::{HashMap, HashSet};
+
+use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
+use crate::pricing::{ProviderPricing, RateTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -65,10 +68,52 @@ impl WriterHandle {
     }
 }
 
+/// Prices records on the writer thread: the rate table, the providers' pricing facts, and
+/// the unpriced models already warned about (each is logged once).
+pub struct Pricer {
+    pub table: RateTable,
+    pub providers: HashMap<String, ProviderPricing>,
+    warned: HashSet<(String, String)>,
+}
+
+impl Pricer {
+    pub fn new(config: &Config, table: RateTable) -> Pricer {
+        let providers = config
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), config.provider_pricing(&p.name)))
+            .collect();
+        Pricer {
+            table,
+            providers,
+            warned: HashSet::new(),
+        }
+    }
+
+    fn price(&mut self, record: &mut LedgerRecord, metrics: &Metrics) {
+        let provider = match self.providers.get(&record.provider) {
+            Some(provider) => *provider,
+            None => ProviderPricing {
+                flavor: crate::usage::Flavor::detect(&record.provider, ""),
+                markup: 0.0,
+                local: false,
+            },
+        };
+        if record.price(&self.table, provider) {
+            let model = record.model.clone().unwrap_or_default();
+            metrics.observe_unpriced(&record.provider, &model);
+            if self.warned.insert((record.provider.clone(), model.clone())) {
+                tracing::warn!(provider = %record.provider, model = %model, "no price for this model: its calls are recorded unpriced; add a [[price]] entry and run `meter reprice`");
+            }
+        }
+    }
+}
+
 /// Opens (creating if needed) the ledger at `config.path`, migrates it, and starts the writer.
 pub fn open(
     config: &StoreConfig,
     metrics: Arc<Metrics>,
+    pricer: Pricer,
 ) -> Result<(Recorder, WriterHandle), LedgerError> {
     let conn = open_connection(&config.path, config.busy_timeout)?;
     let (sender, receiver) = mpsc::channel();
@@ -76,7 +121,7 @@ pub fn open(
     let writer_metrics = metrics.clone();
     let thread = thread::Builder::new()
         .name("meter-ledger".to_string())
-        .spawn(move || run(conn, receiver, batch_size, &writer_metrics))
+        .spawn(move || run(conn, receiver, batch_size, &writer_metrics, pricer))
         .map_err(LedgerError::Thread)?;
     Ok((Recorder { sender, metrics }, WriterHandle { thread }))
 }
@@ -108,16 +153,18 @@ fn run(
     receiver: mpsc::Receiver<LedgerRecord>,
     batch_size: usize,
     metrics: &Metrics,
+    mut pricer: Pricer,
 ) {
     let mut batch = Vec::with_capacity(batch_size);
-    // `recv` fails only when every Recorder is gone and the queue is empty: then we are done.
-    let take = |mut record: LedgerRecord| {
-        // Estimation and metrics happen here, off the request path, before the write: the
-        // metrics count a record once, whatever the database does.
+    let mut take = |mut record: LedgerRecord| {
+        // Estimation, pricing and metrics happen here, off the request path, before the write:
+        // the metrics count a record once, whatever the database does.
         record.resolve_estimate();
+        pricer.price(&mut record, metrics);
         metrics.observe(&record);
         record
     };
+    // `recv` fails only when every Recorder is gone and the queue is empty: then we are done.
     while let Ok(first) = receiver.recv() {
         batch.push(take(first));
         while batch.len() < batch_size {
@@ -152,9 +199,10 @@ fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Resul
                 output_tokens, reasoning_tokens, cost_usd, cost_source, price_id, usage_status,
                 latency_ms, ttft_ms, key_fingerprint, request_id, tags, error, images, image_size,
                 image_quality, audio_input_tokens, audio_output_tokens, audio_seconds,
-                web_search_calls, cost_nanos, reported_cost_nanos)
+                web_search_calls, cost_nanos, reported_cost_nanos, table_cost_nanos)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33,
+                ?34)",
         )?;
         for record in batch {
             let usage = &record.usage;
@@ -196,6 +244,7 @@ fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Resul
                 clamp(quantities.web_search_calls),
                 record.cost_nanos,
                 record.reported_cost_nanos,
+                record.table_cost_nanos,
             ])?;
         }
     }

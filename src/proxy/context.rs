@@ -121,6 +121,7 @@ impl CallContext {
             quantities,
             reported_cost_nanos: parsed.reported_cost_nanos,
             cost_nanos: None,
+            table_cost_nanos: None,
             cost_source: None,
             price_id: None,
             latency_ms: millis(now.duration_since(self.started)),

@@ -458,6 +458,11 @@ pub struct Row {
     pub web_search_calls: i64,
     pub images: i64,
     pub reported_cost_nanos: Option<i64>,
+    pub cost_nanos: Option<i64>,
+    pub cost_usd: Option<f64>,
+    pub cost_source: Option<String>,
+    pub price_id: Option<String>,
+    pub table_cost_nanos: Option<i64>,
 }
 
 pub fn rows(db: &Path) -> Vec<Row> {
@@ -467,7 +472,8 @@ pub fn rows(db: &Path) -> Vec<Row> {
             "SELECT agent, provider, route, model, endpoint, streaming, status, input_tokens,
                     cache_read_tokens, output_tokens, reasoning_tokens, usage_status,
                     key_fingerprint, request_id, tags, error, ttft_ms, ts, cache_write_tokens,
-                    cache_write_1h_tokens, web_search_calls, images, reported_cost_nanos
+                    cache_write_1h_tokens, web_search_calls, images, reported_cost_nanos,
+                    cost_nanos, cost_usd, cost_source, price_id, table_cost_nanos
              FROM usage ORDER BY id",
         )
         .unwrap();
@@ -496,6 +502,11 @@ pub fn rows(db: &Path) -> Vec<Row> {
             web_search_calls: r.get(20)?,
             images: r.get(21)?,
             reported_cost_nanos: r.get(22)?,
+            cost_nanos: r.get(23)?,
+            cost_usd: r.get(24)?,
+            cost_source: r.get(25)?,
+            price_id: r.get(26)?,
+            table_cost_nanos: r.get(27)?,
         })
     })
     .unwrap()
