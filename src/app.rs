@@ -15,9 +15,6 @@ use crate::ledger::writer;
 use crate::metrics::Metrics;
 use crate::proxy::{self, forward, router::RouteTable, ProxyState};
 
-/// How long shutdown waits for the ledger writer to commit what is queued.
-const WRITER_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// The bound listeners; tests bind port 0 and read the addresses back.
 pub struct Listeners {
     pub proxy: TcpListener,
@@ -56,6 +53,7 @@ pub async fn run(
     let (recorder, writer) = writer::open(&config.store, metrics.clone(), pricer)?;
     let client = forward::client(&config.upstream)?;
     let drains = tokio_util::task::TaskTracker::new();
+    let cut_drains = tokio_util::sync::CancellationToken::new();
     let proxy_state = Arc::new(ProxyState {
         routes: RouteTable::new(&config),
         client,
@@ -66,7 +64,11 @@ pub async fn run(
         drain_on_disconnect: config
             .upstream
             .drain_on_disconnect
-            .then(|| (drains.clone(), config.upstream.drain_on_disconnect_timeout)),
+            .then(|| proxy::tee::Drain {
+                tracker: drains.clone(),
+                limit: config.upstream.drain_on_disconnect_timeout,
+                shutdown: cut_drains.clone(),
+            }),
     });
     let admin_state = Arc::new(AdminState {
         metrics,
@@ -100,25 +102,21 @@ pub async fn run(
     if let Err(err) = proxy_task.await {
         tracing::error!(error = %err, "proxy task failed");
     }
-    // Calls whose client left but whose usage is still being read hold a Recorder too; each is
-    // bounded by `drain_on_disconnect_secs`.
+    // Calls whose client left but whose usage is still being read hold a Recorder too. Shutdown
+    // does not wait for their providers: it records what they read so far.
     drains.close();
+    cut_drains.cancel();
     drains.wait().await;
-    // A ledger that keeps failing must not hold the process forever; what is still queued then
-    // is reported as lost and the exit status says so.
-    let pending = admin_state.metrics.ledger_pending_records.clone();
-    match tokio::time::timeout(
-        WRITER_SHUTDOWN_TIMEOUT,
-        tokio::task::spawn_blocking(move || writer.join()),
-    )
-    .await
-    {
-        Ok(joined) => joined.context("waiting for the ledger writer")?,
-        Err(_) => anyhow::bail!(
-            "the ledger could not be written for {}s; {} records were not written",
-            WRITER_SHUTDOWN_TIMEOUT.as_secs(),
-            pending.get()
-        ),
+    // A ledger that keeps failing must not hold the process forever: the writer retries for
+    // a bounded time after this, then reports what it could not write.
+    writer.begin_shutdown();
+    let lost = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("waiting for the ledger writer")?;
+    if lost > 0 {
+        let _ = stop_admin.send(true);
+        let _ = admin_task.await;
+        anyhow::bail!("the ledger could not be written; {lost} records were not written");
     }
     let _ = stop_admin.send(true);
     let _ = admin_task.await;

@@ -175,10 +175,13 @@ pub struct Provider {
 }
 
 /// Whether meter asks a provider for stream usage by default: every OpenAI-format API that
-/// documents `stream_options.include_usage`. Mistral always sends usage and may reject unknown
-/// fields, so it is left alone.
+/// documents `stream_options.include_usage`. Should a provider reject it (HTTP 400), the
+/// request is resent as the client sent it.
 fn default_inject(flavor: crate::usage::Flavor) -> bool {
-    !matches!(flavor, crate::usage::Flavor::Mistral)
+    use crate::usage::Flavor;
+    // Mistral and OpenRouter send stream usage unasked; injecting (and then hiding the chunk)
+    // would take from the client a chunk it gets without meter.
+    !matches!(flavor, Flavor::Mistral | Flavor::OpenRouter)
 }
 
 /// An agent known by name, with the fingerprints of its API keys.
@@ -868,7 +871,8 @@ drain_on_disconnect_secs = {DEFAULT_DRAIN_ON_DISCONNECT_SECS}            #   ...
 # Built-in providers. Each can be overridden by name or a new one added with a [[provider]]
 # entry; keys left out keep the built-in value (for a new provider: kind "openai",
 # route "direct", markup 0). response_timeout_secs and idle_timeout_secs override [upstream].
-# inject_stream_usage (default true, false for mistral): for OpenAI-format streaming requests
+# inject_stream_usage (default true, false for mistral and openrouter, which send usage unasked):
+# for OpenAI-format streaming requests
 # without stream_options.include_usage, meter asks for usage and hides the usage-only chunk
 # from the client, so the client sees exactly the stream it asked for.
 #"#

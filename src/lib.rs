@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod ledger;
 pub mod metrics;
+pub mod money;
 pub mod pricing;
 pub mod proxy;
 pub mod usage;

@@ -200,8 +200,16 @@ async fn sigterm_with_streams_in_flight_loses_no_record() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // New connections are refused while the old streams drain.
-    assert!(tokio::net::TcpStream::connect(meter.proxy).await.is_err());
+    // New connections are refused while the old streams drain (once the accept loop has
+    // dropped its listener, a moment after readiness turned off).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(meter.proxy).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meter kept accepting after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     upstream.release(STREAMS);
     for body in bodies {
         let rest = body.collect().await.unwrap().to_bytes();

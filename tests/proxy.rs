@@ -345,12 +345,8 @@ async fn unknown_prefix_is_404_with_the_known_prefixes() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_and_recorded() {
-    // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut meter = Meter::start(&format!("http://{closed}"), "").await;
+    // Port 1 on loopback: nothing listens there, and no test binds it.
+    let mut meter = Meter::start("http://127.0.0.1:1", "").await;
     let (status, _, body) = send(post_json(
         &meter.url("/openai/v1/chat/completions"),
         &chat_request(false),
@@ -830,6 +826,15 @@ async fn drain_on_disconnect_reads_on_to_the_providers_usage() {
     assert_eq!(first, chunk("Hel").as_bytes());
     drop(body); // the client hangs up; the provider goes on
     upstream.release(1);
+    // The row lands once meter has read on to the usage (shutdown would cut the reading).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rows(&meter.db).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no row after the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     meter.stop().await;
     let row = &rows(&meter.db)[0];
     assert_eq!(row.error.as_deref(), Some("client_gone"));
@@ -838,4 +843,91 @@ async fn drain_on_disconnect_reads_on_to_the_providers_usage() {
         "meter read on to the usage chunk"
     );
     assert_eq!((row.input_tokens, row.output_tokens), (19, 10));
+}
+
+#[tokio::test]
+async fn a_client_leaving_before_the_response_headers_still_yields_a_row() {
+    let upstream = FakeProvider::start(|_| {
+        let mut response = FakeResponse::json(200, CHAT_JSON);
+        response.head_delay = Duration::from_secs(3);
+        response
+    })
+    .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let url = meter.url("/openai/v1/chat/completions");
+    let request = tokio::spawn(async move {
+        client()
+            .request(post_json(&url, &chat_request(false)))
+            .await
+    });
+    // Once the provider has the call, the client gives up before the response headers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while upstream.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    request.abort();
+    // The row lands once meter notices the client is gone.
+    while rows(&meter.db).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no row for a call the provider received"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    meter.stop().await;
+    let rows = rows(&meter.db);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(upstream.requests().len(), 1);
+    assert_eq!(
+        (rows[0].status, rows[0].error.as_deref()),
+        (499, Some("client_gone"))
+    );
+    assert_eq!(
+        rows[0].usage_status, "missing",
+        "its usage is unknown, not zero"
+    );
+}
+
+#[tokio::test]
+async fn a_provider_that_rejects_stream_options_gets_the_clients_request_as_sent() {
+    let upstream = FakeProvider::start(|received| {
+        if received.body.windows(14).any(|w| w == b"stream_options") {
+            FakeResponse::json(
+                400,
+                r#"{"error":{"message":"Unrecognized request argument supplied: stream_options"}}"#,
+            )
+        } else {
+            openai_stream(received, &["Hi", " there"], false)
+        }
+    })
+    .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let (status, _, body) = send(post_json(
+        &meter.url("/openai/v1/chat/completions"),
+        &chat_request(true),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(body.to_vec()).unwrap(),
+        [chunk("Hi"), chunk(" there"), DONE.to_string()].concat()
+    );
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].body,
+        chat_request(true).as_bytes(),
+        "the retry is the client's own body"
+    );
+    meter.stop().await;
+    let rows = rows(&meter.db);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].status, rows[0].usage_status.as_str()),
+        (200, "estimated")
+    );
 }

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one function per subcommand.
 
 pub mod init;
+pub mod prices;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -35,6 +36,13 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Write a commented meter.toml with every key at its default
     Init(init::InitArgs),
+    /// The rate table: list it, check the ledger for unpriced models, import LiteLLM prices
+    Prices {
+        #[command(subcommand)]
+        command: prices::PricesCommand,
+    },
+    /// Recompute stored costs with today's rate table (after adding or changing a price)
+    Reprice(prices::RepriceArgs),
 }
 
 /// A failure, classified for the exit status: 2 for usage or configuration, 1 for runtime.
@@ -67,5 +75,21 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve(args) => serve::run(&cli, args),
         Command::Init(args) => init::run(args),
+        Command::Prices { command } => prices::run(&cli, command),
+        Command::Reprice(args) => prices::reprice(&cli, args),
+    }
+}
+
+/// Writes command output to stdout; a closed pipe (`meter prices list | head`) is not an error.
+pub fn print(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(err) => Err(Failure::Runtime(err.into())),
     }
 }

@@ -2,6 +2,7 @@
 //! [`Recorder`] is the request path's handle (never blocks); [`writer`] owns the connection and
 //! writes batches; [`schema`] holds the versioned migrations.
 
+pub mod query;
 pub mod schema;
 pub mod writer;
 

@@ -2,7 +2,9 @@
 //! transactions, fed by [`Recorder`] through a channel. The request path only ever sends on the
 //! channel; a locked or failing database costs a retry and a metric, never a client request.
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -55,16 +57,24 @@ impl Recorder {
 
 /// Owns the writer thread; `join` waits until every queued record is written.
 pub struct WriterHandle {
-    thread: thread::JoinHandle<()>,
+    thread: thread::JoinHandle<u64>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl WriterHandle {
-    /// Waits for the writer to write what is queued and stop. The writer stops once every
-    /// [`Recorder`] clone is dropped.
-    pub fn join(self) {
-        if self.thread.join().is_err() {
+    /// Tells the writer that shutdown began: a database that keeps failing is retried for at
+    /// most 30 s more, then what is left is reported lost.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the writer to write what is queued and stop (it stops once every
+    /// [`Recorder`] clone is dropped). Returns the number of records it could not write.
+    pub fn join(self) -> u64 {
+        self.thread.join().unwrap_or_else(|_| {
             tracing::error!("ledger writer thread panicked");
-        }
+            u64::MAX
+        })
     }
 }
 
@@ -119,11 +129,25 @@ pub fn open(
     let (sender, receiver) = mpsc::channel();
     let batch_size = config.batch_size;
     let writer_metrics = metrics.clone();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let writer_stopping = stopping.clone();
     let thread = thread::Builder::new()
         .name("meter-ledger".to_string())
-        .spawn(move || run(conn, receiver, batch_size, &writer_metrics, pricer))
+        .spawn(move || {
+            run(
+                conn,
+                receiver,
+                batch_size,
+                &writer_metrics,
+                pricer,
+                &writer_stopping,
+            )
+        })
         .map_err(LedgerError::Thread)?;
-    Ok((Recorder { sender, metrics }, WriterHandle { thread }))
+    Ok((
+        Recorder { sender, metrics },
+        WriterHandle { thread, stopping },
+    ))
 }
 
 /// Opens the ledger file in WAL mode and brings its schema up to date.
@@ -148,45 +172,130 @@ pub fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection
     Ok(conn)
 }
 
+/// How long the writer keeps retrying after shutdown began before it gives up on the rest.
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(30);
+
 fn run(
     mut conn: Connection,
     receiver: mpsc::Receiver<LedgerRecord>,
     batch_size: usize,
     metrics: &Metrics,
     mut pricer: Pricer,
-) {
-    let mut batch = Vec::with_capacity(batch_size);
-    let mut take = |mut record: LedgerRecord| {
-        // Estimation, pricing and metrics happen here, off the request path, before the write:
-        // the metrics count a record once, whatever the database does.
+    stopping: &AtomicBool,
+) -> u64 {
+    // Records are resolved (estimate, price) and counted in the metrics as they arrive, also
+    // while a failing database is being retried: the metrics keep moving, and what waits in
+    // `queue` no longer holds request bodies.
+    let mut queue: VecDeque<LedgerRecord> = VecDeque::new();
+    let mut take = |mut record: LedgerRecord, queue: &mut VecDeque<LedgerRecord>| {
         record.resolve_estimate();
         pricer.price(&mut record, metrics);
         metrics.observe(&record);
-        record
+        queue.push_back(record);
     };
-    // `recv` fails only when every Recorder is gone and the queue is empty: then we are done.
-    while let Ok(first) = receiver.recv() {
-        batch.push(take(first));
-        while batch.len() < batch_size {
+    let mut connected = true;
+    let mut backoff = Duration::from_millis(50);
+    let mut stop_seen: Option<std::time::Instant> = None;
+    loop {
+        if queue.is_empty() {
+            if !connected {
+                return 0;
+            }
+            // `recv` fails only when every Recorder is gone and nothing is queued.
+            match receiver.recv() {
+                Ok(record) => take(record, &mut queue),
+                Err(_) => return 0,
+            }
+        }
+        while connected {
             match receiver.try_recv() {
-                Ok(record) => batch.push(take(record)),
-                Err(_) => break,
+                Ok(record) => take(record, &mut queue),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => connected = false,
             }
         }
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match write_batch(&mut conn, &batch) {
-                Ok(()) => break,
-                Err(err) => {
-                    metrics.ledger_write_errors_total.inc();
-                    tracing::warn!(error = %err, records = batch.len(), retry_in_ms = backoff.as_millis() as u64, "ledger write failed; will retry");
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+        let count = queue.len().min(batch_size);
+        let batch = queue.make_contiguous();
+        match write_batch(&mut conn, &batch[..count]) {
+            Ok(()) => {
+                queue.drain(..count);
+                metrics.ledger_pending_records.sub(count as i64);
+                backoff = Duration::from_millis(50);
+            }
+            Err(err) if is_transient(&err) => {
+                metrics.ledger_write_errors_total.inc();
+                tracing::warn!(error = %err, records = queue.len(), retry_in_ms = backoff.as_millis() as u64, "ledger write failed; will retry");
+                if stopping.load(Ordering::Relaxed) {
+                    let since = *stop_seen.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > SHUTDOWN_RETRY {
+                        // Nothing more can be done before exit: say exactly what is lost.
+                        let mut lost = queue.len() as u64;
+                        lost += receiver.try_iter().count() as u64;
+                        tracing::error!(
+                            records = lost,
+                            "shutting down with the ledger still failing; records not written"
+                        );
+                        return lost;
+                    }
                 }
+                // Wait, but keep taking (and counting) new records meanwhile.
+                let deadline = std::time::Instant::now() + backoff;
+                while connected {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match receiver.recv_timeout(left) {
+                        Ok(record) => take(record, &mut queue),
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => connected = false,
+                    }
+                }
+                if !connected {
+                    thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => {
+                // A fault that retrying cannot cure (a constraint or trigger of the user's, a
+                // malformed schema): write the batch row by row and drop only the rows that fail.
+                tracing::error!(error = %err, "ledger write failed permanently; writing the batch row by row");
+                let mut written = 0usize;
+                for record in &batch[..count] {
+                    if write_batch(&mut conn, std::slice::from_ref(record)).is_ok() {
+                        written += 1;
+                    } else {
+                        metrics.ledger_write_errors_total.inc();
+                    }
+                }
+                if written < count {
+                    tracing::error!(
+                        records = count - written,
+                        "ledger rows dropped: the database refuses them"
+                    );
+                }
+                queue.drain(..count);
+                metrics.ledger_pending_records.sub(count as i64);
             }
         }
-        metrics.ledger_pending_records.sub(batch.len() as i64);
-        batch.clear();
+    }
+}
+
+/// Errors worth retrying: the database is busy or locked, the disk is full or failing.
+fn is_transient(err: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    match err {
+        rusqlite::Error::SqliteFailure(failure, _) => matches!(
+            failure.code,
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+                | ErrorCode::OutOfMemory
+        ),
+        _ => false,
     }
 }
 

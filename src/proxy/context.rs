@@ -26,8 +26,7 @@ pub enum Outcome {
     Cut(&'static str),
 }
 
-/// What meter knows about a call in flight.
-#[derive(Debug)]
+/// What meter knows about a call in flight. Its `Debug` leaves the request body out.
 pub struct CallContext {
     pub started: Instant,
     pub ts: DateTime<Utc>,
@@ -46,6 +45,20 @@ pub struct CallContext {
     /// The request body, when small enough, in case usage must be estimated.
     pub request_body: Option<bytes::Bytes>,
     pub request_len: u64,
+}
+
+impl std::fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallContext")
+            .field("agent", &self.agent)
+            .field("provider", &self.provider.name)
+            .field("endpoint", &self.endpoint)
+            .field("streaming", &self.streaming)
+            .field("status", &self.status)
+            .field("model", &self.facts.model)
+            .field("request_len", &self.request_len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CallContext {

@@ -44,7 +44,7 @@ pub struct ProxyState {
     pub max_parse_body_bytes: u64,
     pub max_rewrite_body_bytes: u64,
     /// Tracks the tasks that read on after a client hung up (`upstream.drain_on_disconnect`).
-    pub drain_on_disconnect: Option<(tokio_util::task::TaskTracker, Duration)>,
+    pub drain_on_disconnect: Option<tee::Drain>,
 }
 
 /// Serves the proxy on `listener` until `shutdown` turns true, then lets in-flight calls finish
@@ -213,6 +213,7 @@ pub async fn handle(
 
     // Ask for the usage the client did not ask for (issue 3): stream usage on OpenAI-format
     // streams, and OpenRouter's cost.
+    let original_body = body.clone();
     let mut injected_stream_usage = false;
     let body = match rewrite_for_usage(&state, &context, endpoint, &body) {
         Some(rewritten) => {
@@ -222,6 +223,18 @@ pub async fn handle(
         None => body,
     };
 
+    // Kept to resend the request exactly as the client sent it, should the provider reject
+    // meter's stream-usage option: a metering feature must never fail a call that works
+    // without meter.
+    let resend = injected_stream_usage.then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.version,
+            parts.headers.clone(),
+            original_body.clone(),
+        )
+    });
     let upstream_request = match forward::upstream_request(
         &context.provider.upstream,
         &upstream_path,
@@ -243,34 +256,58 @@ pub async fn handle(
     };
 
     let timeout = context.provider.response_timeout;
-    let response = match tokio::time::timeout(timeout, state.client.request(upstream_request)).await
-    {
+    let upstream = context.provider.upstream.clone();
+    // From here the provider may be working on the call: if this future is dropped (the client
+    // leaves, shutdown cuts the wait), the guard still records it.
+    let pending = PendingCall::new(context, state.recorder.clone());
+    let mut result = tokio::time::timeout(timeout, state.client.request(upstream_request)).await;
+    if let (Some((method, uri, version, headers, original)), Ok(Ok(response))) = (resend, &result) {
+        if response.status() == StatusCode::BAD_REQUEST {
+            tracing::info!(provider = %upstream, "the provider rejected stream_options.include_usage; resending the request as the client sent it");
+            injected_stream_usage = false;
+            let (mut parts, ()) = Request::new(()).into_parts();
+            parts.method = method;
+            parts.uri = uri;
+            parts.version = version;
+            parts.headers = headers;
+            if let Ok(request) = forward::upstream_request(
+                &upstream,
+                &upstream_path,
+                query.as_deref(),
+                parts,
+                original,
+            ) {
+                result = tokio::time::timeout(timeout, state.client.request(request)).await;
+            }
+        }
+    }
+    let mut context = pending.into_inner();
+    let response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(err)) => {
             let connect = err.is_connect();
             tracing::warn!(provider = %context.provider.name, agent = %context.agent, error = %err, "upstream request failed");
-            let (code, message) = if connect {
-                (
+            if connect {
+                return Ok(refuse(
+                    &state,
+                    context,
+                    StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
                     "the upstream provider could not be reached",
-                )
-            } else {
-                (
-                    "upstream_error",
-                    "the upstream provider closed the connection without a response",
-                )
-            };
-            return Ok(refuse(
+                ));
+            }
+            // The request may have reached the provider: its usage is unknown, not zero.
+            return Ok(fail(
                 &state,
                 context,
                 StatusCode::BAD_GATEWAY,
-                code,
-                message,
+                "upstream_error",
+                "the upstream provider closed the connection without a response",
             ));
         }
         Err(_) => {
             tracing::warn!(provider = %context.provider.name, agent = %context.agent, timeout_secs = timeout.as_secs(), "upstream response timed out");
-            return Ok(refuse(
+            return Ok(fail(
                 &state,
                 context,
                 StatusCode::GATEWAY_TIMEOUT,
@@ -366,6 +403,54 @@ fn too_large(state: &ProxyState, context: CallContext, limit: u64) -> Response<P
         "request_too_large",
         &message,
     )
+}
+
+/// A call meter sent but got no usable answer for (timeout, connection lost): recorded with
+/// its usage unknown, since the provider may have worked on it.
+fn fail(
+    state: &ProxyState,
+    mut context: CallContext,
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
+    context.status = status.as_u16();
+    let record = context.into_record(None, Outcome::Cut(code));
+    state.recorder.record(record);
+    json_error(status, code, message, None)
+}
+
+/// Holds a call's context while meter waits for the upstream's response headers, so that a
+/// call whose wait is cut short (the client leaves, shutdown aborts it) is still recorded.
+struct PendingCall {
+    context: Option<CallContext>,
+    recorder: Recorder,
+}
+
+impl PendingCall {
+    fn new(context: CallContext, recorder: Recorder) -> PendingCall {
+        PendingCall {
+            context: Some(context),
+            recorder,
+        }
+    }
+
+    fn into_inner(mut self) -> CallContext {
+        self.context
+            .take()
+            .expect("a PendingCall holds its context until into_inner")
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if let Some(mut context) = self.context.take() {
+            // 499: the client closed the request before the response (nginx's convention).
+            context.status = 499;
+            self.recorder
+                .record(context.into_record(None, Outcome::Cut("client_gone")));
+        }
+    }
 }
 
 /// Answers a routed call without (a usable answer from) the upstream, and records it.

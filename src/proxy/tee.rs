@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::context::{CallContext, Outcome};
@@ -191,7 +192,16 @@ pub struct Metering {
     pub stripper: Option<UsageChunkStripper>,
     /// Set when a client that hangs up mid-stream should not stop the reading of usage: the
     /// rest of the body is read (bounded in time) by a task tracked here.
-    pub drain: Option<(TaskTracker, Duration)>,
+    pub drain: Option<Drain>,
+}
+
+/// Reading on after a client hung up: the tracker that owns the tasks, their time limit, and
+/// the token shutdown fires to cut them short.
+#[derive(Clone)]
+pub struct Drain {
+    pub tracker: TaskTracker,
+    pub limit: Duration,
+    pub shutdown: CancellationToken,
 }
 
 /// The response body meter sends to the client.
@@ -357,8 +367,13 @@ impl Drop for TeeBody {
             return;
         };
         match metering.drain.take() {
-            Some((tracker, limit)) => {
-                tracker.spawn(drain_after_disconnect(inner, metering, limit));
+            Some(drain) => {
+                drain.tracker.spawn(drain_after_disconnect(
+                    inner,
+                    metering,
+                    drain.limit,
+                    drain.shutdown,
+                ));
             }
             None => metering.close(Outcome::Cut("client_gone")),
         }
@@ -367,7 +382,12 @@ impl Drop for TeeBody {
 
 /// Reads the rest of a body nobody will receive, so the provider's usage report is not lost;
 /// dropping the upstream body at the deadline closes the connection (and the provider's meter).
-async fn drain_after_disconnect(mut inner: Incoming, mut metering: Metering, limit: Duration) {
+async fn drain_after_disconnect(
+    mut inner: Incoming,
+    mut metering: Metering,
+    limit: Duration,
+    shutdown: CancellationToken,
+) {
     use http_body_util::BodyExt;
     let read_rest = async {
         while let Some(frame) = inner.frame().await {
@@ -381,7 +401,10 @@ async fn drain_after_disconnect(mut inner: Incoming, mut metering: Metering, lim
             }
         }
     };
-    let _ = tokio::time::timeout(limit, read_rest).await;
+    tokio::select! {
+        _ = tokio::time::timeout(limit, read_rest) => {}
+        _ = shutdown.cancelled() => {}
+    }
     metering.close(Outcome::Cut("client_gone"));
 }
 

@@ -38,8 +38,9 @@ const NOT_TEXT: &[&str] = &[
 /// Roughly what chat formats add per message (role markers, separators).
 const TOKENS_PER_MESSAGE: u64 = 4;
 
-/// What the estimator needs to know about the request.
-#[derive(Debug, Clone, Default)]
+/// What the estimator needs to know about the request. Its `Debug` shows sizes only, so prompt
+/// text cannot reach a log by accident.
+#[derive(Clone, Default)]
 pub struct EstimateInput {
     /// The request body (JSON), when it was small enough to keep.
     pub request_body: Option<bytes::Bytes>,
@@ -48,6 +49,18 @@ pub struct EstimateInput {
     pub max_output_tokens: Option<u64>,
     pub partial: Option<Usage>,
     pub output_text: OutputText,
+}
+
+impl std::fmt::Debug for EstimateInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EstimateInput")
+            .field("request_len", &self.request_len)
+            .field("request_kept", &self.request_body.is_some())
+            .field("max_output_tokens", &self.max_output_tokens)
+            .field("partial", &self.partial)
+            .field("output_text", &self.output_text)
+            .finish()
+    }
 }
 
 fn count(text: &str) -> u64 {

@@ -102,12 +102,24 @@ pub struct Quantities {
 }
 
 /// Generated text seen by a parser, for counting tokens when the provider's report is missing.
-/// Keeps at most [`OutputText::CAP`] bytes; beyond that only the byte count grows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Keeps at most [`OutputText::CAP`] bytes; beyond that only the byte count grows. Its `Debug`
+/// shows sizes only, so completion text cannot reach a log by accident.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct OutputText {
     pub text: String,
     /// Bytes seen beyond the cap (not kept).
     pub overflow_bytes: u64,
+}
+
+impl fmt::Debug for OutputText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "OutputText({} bytes kept, {} more seen)",
+            self.text.len(),
+            self.overflow_bytes
+        )
+    }
 }
 
 impl OutputText {
