@@ -69,6 +69,10 @@ pub fn parse(json: &[u8], effective: NaiveDate) -> Result<Imported, String> {
     let file: BTreeMap<String, Value> = serde_json::from_slice(json)
         .map_err(|err| format!("not a LiteLLM price file (a JSON object of models): {err}"))?;
     let mut imported = Imported::default();
+    // Several LiteLLM keys can name the same model of a meter provider (`deepseek-chat` and
+    // `deepseek/deepseek-chat`, `codestral/...` and `mistral/...`): the key routed through the
+    // provider's own name wins, then a prefixed key, then a bare one.
+    let mut chosen: BTreeMap<(String, String), (u8, String)> = BTreeMap::new();
     for (key, value) in file {
         if key == "sample_spec" {
             continue;
@@ -151,6 +155,30 @@ pub fn parse(json: &[u8], effective: NaiveDate) -> Result<Imported, String> {
             .filter(|_| input > 0.0)
             .map(|batch| ((1.0 - batch / input) * 1e6).round() / 1e6)
             .filter(|d| (0.0..=1.0).contains(d));
+        let rank = if key.starts_with(&format!("{provider}/")) {
+            2
+        } else if key.contains('/') && !model.contains('/') {
+            1
+        } else {
+            0
+        };
+        let slot = (provider.to_string(), model.clone());
+        if let Some((best, best_key)) = chosen.get(&slot) {
+            if *best >= rank {
+                imported
+                    .skipped
+                    .push((key, format!("duplicate of {best_key}")));
+                continue;
+            }
+            let replaced = best_key.clone();
+            imported
+                .prices
+                .retain(|p| !(p.provider == slot.0 && p.model == slot.1));
+            imported
+                .skipped
+                .push((replaced, format!("duplicate of {key}")));
+        }
+        chosen.insert(slot, (rank, key.clone()));
         imported.prices.push(RawPrice {
             provider: provider.to_string(),
             model,
