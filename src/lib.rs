@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod money;
 pub mod pricing;
 pub mod proxy;
+pub mod report;
 pub mod usage;

@@ -2,6 +2,7 @@
 
 pub mod init;
 pub mod prices;
+pub mod report;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub enum Command {
     },
     /// Recompute stored costs with today's rate table (after adding or changing a price)
     Reprice(prices::RepriceArgs),
+    /// A period's usage and spend: per agent, provider, model or route
+    Report(report::ReportArgs),
 }
 
 /// A failure, classified for the exit status: 2 for usage or configuration, 1 for runtime.
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Init(args) => init::run(args),
         Command::Prices { command } => prices::run(&cli, command),
         Command::Reprice(args) => prices::reprice(&cli, args),
+        Command::Report(args) => report::run(&cli, args),
     }
 }
 

@@ -182,3 +182,173 @@ pub fn first_ts(conn: &Connection) -> rusqlite::Result<Option<String>> {
         .optional()
         .map(Option::flatten)
 }
+
+/// The SQL sums behind `report::Figures`, in the order `figures_from_row` reads them.
+const FIGURES_SQL: &str = "count(*), sum(status >= 400), sum(input_tokens), sum(cache_read_tokens),
+    sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(output_tokens), sum(reasoning_tokens),
+    sum(cost_nanos), sum(cost_nanos IS NULL AND usage_status != 'missing'),
+    sum(usage_status = 'estimated'), sum(usage_status = 'missing')";
+
+fn figures_from_row(
+    row: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<crate::report::Figures> {
+    let n = |i: usize| -> rusqlite::Result<u64> {
+        Ok(row.get::<_, Option<i64>>(first + i)?.unwrap_or(0).max(0) as u64)
+    };
+    Ok(crate::report::Figures {
+        requests: n(0)?,
+        errors: n(1)?,
+        input_tokens: n(2)?,
+        cache_read_tokens: n(3)?,
+        cache_write_tokens: n(4)?,
+        cache_write_1h_tokens: n(5)?,
+        output_tokens: n(6)?,
+        reasoning_tokens: n(7)?,
+        cost_nanos: row.get::<_, Option<i64>>(first + 8)?.unwrap_or(0),
+        unpriced_requests: n(9)?,
+        estimated_requests: n(10)?,
+        missing_requests: n(11)?,
+    })
+}
+
+/// A group column's SQL: NULL models read as `(unknown)`.
+fn group_sql(by: crate::report::GroupBy) -> &'static str {
+    match by {
+        crate::report::GroupBy::Model => "coalesce(model, '(unknown)')",
+        other => other.column(),
+    }
+}
+
+/// Latency buckets: exact below 1 s, 10 ms up to 100 s, then whole seconds.
+const LATENCY_BUCKET: &str = "CASE WHEN {c} < 1000 THEN {c} WHEN {c} < 100000 THEN ({c} / 10) * 10 ELSE ({c} / 1000) * 1000 END";
+
+/// The groups of a report period: sums per group, and latency and time-to-first-byte
+/// distributions, from rows with `start <= ts < end`.
+pub fn report_groups(
+    conn: &Connection,
+    period: &crate::report::Period,
+    by: &[crate::report::GroupBy],
+) -> rusqlite::Result<Vec<crate::report::Group>> {
+    let start = format_ts(&period.start);
+    let end = format_ts(&period.end);
+    let keys: Vec<&str> = by.iter().map(|b| group_sql(*b)).collect();
+    let (select_keys, group_keys) = if keys.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (
+            format!("{}, ", keys.join(", ")),
+            format!("GROUP BY {}", keys.join(", ")),
+        )
+    };
+    let sql = format!(
+        "SELECT {select_keys}{FIGURES_SQL} FROM usage WHERE ts >= ?1 AND ts < ?2 {group_keys}"
+    );
+    let mut statement = conn.prepare(&sql)?;
+    let mut groups: Vec<crate::report::Group> = statement
+        .query_map(params![start, end], |row| {
+            let mut key = Vec::new();
+            for i in 0..keys.len() {
+                key.push(row.get::<_, Option<String>>(i)?.unwrap_or_default());
+            }
+            Ok(crate::report::Group {
+                keys: key,
+                figures: figures_from_row(row, keys.len())?,
+                latency: Vec::new(),
+                ttfb: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    groups.retain(|g| g.figures.requests > 0);
+    for (column, is_ttfb) in [("latency_ms", false), ("ttft_ms", true)] {
+        let bucket = LATENCY_BUCKET.replace("{c}", column);
+        let sql = format!(
+            "SELECT {select_keys}{bucket} AS bucket, count(*) FROM usage
+             WHERE ts >= ?1 AND ts < ?2 AND {column} IS NOT NULL
+             GROUP BY {}bucket",
+            if keys.is_empty() {
+                String::new()
+            } else {
+                format!("{}, ", keys.join(", "))
+            }
+        );
+        let mut statement = conn.prepare(&sql)?;
+        let mut rows = statement.query(params![start, end])?;
+        let index: std::collections::HashMap<Vec<String>, usize> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.keys.clone(), i))
+            .collect();
+        while let Some(row) = rows.next()? {
+            let mut key = Vec::new();
+            for i in 0..keys.len() {
+                key.push(row.get::<_, Option<String>>(i)?.unwrap_or_default());
+            }
+            let value: i64 = row.get(keys.len())?;
+            let count: i64 = row.get(keys.len() + 1)?;
+            if let Some(&i) = index.get(&key) {
+                let target = if is_ttfb {
+                    &mut groups[i].ttfb
+                } else {
+                    &mut groups[i].latency
+                };
+                target.push((value, count.max(0) as u64));
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// The totals of a period (for the previous-period comparison).
+pub fn period_figures(
+    conn: &Connection,
+    period: &crate::report::Period,
+) -> rusqlite::Result<crate::report::Figures> {
+    let sql = format!("SELECT {FIGURES_SQL} FROM usage WHERE ts >= ?1 AND ts < ?2");
+    conn.query_row(
+        &sql,
+        params![format_ts(&period.start), format_ts(&period.end)],
+        |row| figures_from_row(row, 0),
+    )
+}
+
+/// The models behind unpriced, estimated and unreadable usage in a period, most calls first.
+pub fn flagged_models(
+    conn: &Connection,
+    period: &crate::report::Period,
+) -> rusqlite::Result<crate::report::Flagged> {
+    let mut statement = conn.prepare(
+        "SELECT provider || '/' || coalesce(model, '(unknown)'),
+                sum(cost_nanos IS NULL AND usage_status != 'missing'),
+                sum(usage_status = 'estimated'), sum(usage_status = 'missing')
+         FROM usage WHERE ts >= ?1 AND ts < ?2
+           AND (cost_nanos IS NULL OR usage_status != 'reported')
+         GROUP BY 1",
+    )?;
+    let mut flagged = crate::report::Flagged::default();
+    let mut rows = statement.query(params![format_ts(&period.start), format_ts(&period.end)])?;
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        for (i, list) in [
+            &mut flagged.unpriced,
+            &mut flagged.estimated,
+            &mut flagged.missing,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let count = row.get::<_, Option<i64>>(i + 1)?.unwrap_or(0);
+            if count > 0 {
+                list.push((name.clone(), count as u64));
+            }
+        }
+    }
+    for list in [
+        &mut flagged.unpriced,
+        &mut flagged.estimated,
+        &mut flagged.missing,
+    ] {
+        list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    }
+    Ok(flagged)
+}
