@@ -458,7 +458,7 @@ fn merge<'a>(histograms: impl Iterator<Item = &'a Histogram>) -> Histogram {
 }
 
 fn figure_cells(f: &Figures, latency: &Histogram, ttfb: &Histogram) -> Vec<String> {
-    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format_ms(v));
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), format_ms);
     vec![
         group_thousands(f.requests),
         group_thousands(f.errors),
