@@ -456,3 +456,22 @@ fn an_open_period_has_a_forecast() {
     assert!(forecast >= 1.0, "{forecast}");
     assert_eq!(month["totals"]["requests"], 1);
 }
+
+#[test]
+fn half_hour_time_zones_read_the_rows_themselves() {
+    // India is UTC+5:30: its month does not start on a whole UTC hour, so the report reads the
+    // rows rather than the hourly rollup, and must still cut at local midnight.
+    let dir = tempfile::tempdir().unwrap();
+    seed(&dir.path().join("meter.db"), OCTOBER);
+    std::fs::write(
+        dir.path().join("meter.toml"),
+        "timezone = \"Asia/Kolkata\"\n",
+    )
+    .unwrap();
+    let october = json(dir.path(), &["--month", "2026-10"]);
+    assert_eq!(october["period"]["start"], "2026-09-30T18:30:00Z");
+    assert_eq!(october["totals"]["requests"], 6);
+    assert_eq!(october["totals"]["cost_usd"].as_f64(), Some(0.0255));
+    let groups = october["groups"].as_array().unwrap();
+    assert!(groups.iter().any(|g| g["latency_p50_ms"].is_number()));
+}

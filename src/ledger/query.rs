@@ -183,11 +183,74 @@ pub fn first_ts(conn: &Connection) -> rusqlite::Result<Option<String>> {
         .map(Option::flatten)
 }
 
-/// The SQL sums behind `report::Figures`, in the order `figures_from_row` reads them.
-const FIGURES_SQL: &str = "count(*), sum(status >= 400), sum(input_tokens), sum(cache_read_tokens),
-    sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(output_tokens), sum(reasoning_tokens),
-    sum(cost_nanos), sum(cost_nanos IS NULL AND usage_status != 'missing'),
-    sum(usage_status = 'estimated'), sum(usage_status = 'missing')";
+/// Where report figures are read from: the hourly rollup when the period is made of whole UTC
+/// hours (any time zone with a whole-hour offset), else the rows themselves.
+enum Source {
+    Rollup { from: String, to: String },
+    Rows { from: String, to: String },
+}
+
+impl Source {
+    fn of(period: &crate::report::Period) -> Source {
+        use chrono::Timelike;
+        let whole_hour =
+            |t: &DateTime<Utc>| t.minute() == 0 && t.second() == 0 && t.nanosecond() == 0;
+        if whole_hour(&period.start) && whole_hour(&period.end) {
+            Source::Rollup {
+                from: period.start.format("%Y-%m-%dT%H").to_string(),
+                to: period.end.format("%Y-%m-%dT%H").to_string(),
+            }
+        } else {
+            Source::Rows {
+                from: format_ts(&period.start),
+                to: format_ts(&period.end),
+            }
+        }
+    }
+
+    fn bounds(&self) -> (&str, &str) {
+        match self {
+            Source::Rollup { from, to } | Source::Rows { from, to } => (from, to),
+        }
+    }
+
+    /// `FROM ... WHERE` over the period.
+    fn scope(&self) -> &'static str {
+        match self {
+            Source::Rollup { .. } => "FROM usage_hourly WHERE hour >= ?1 AND hour < ?2",
+            Source::Rows { .. } => "FROM usage WHERE ts >= ?1 AND ts < ?2",
+        }
+    }
+
+    /// The sums behind `report::Figures`, in the order `figures_from_row` reads them.
+    fn figures(&self) -> &'static str {
+        match self {
+            Source::Rollup { .. } => "sum(requests), sum(errors), sum(input_tokens), sum(cache_read_tokens),
+                sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(output_tokens),
+                sum(reasoning_tokens), sum(cost_nanos), sum(unpriced_requests),
+                sum(estimated_requests), sum(missing_requests)",
+            Source::Rows { .. } => "count(*), sum(status >= 400), sum(input_tokens), sum(cache_read_tokens),
+                sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(output_tokens), sum(reasoning_tokens),
+                sum(cost_nanos), sum(cost_nanos IS NULL AND usage_status != 'missing'),
+                sum(usage_status = 'estimated'), sum(usage_status = 'missing')",
+        }
+    }
+
+    /// A group column; a model the ledger does not know reads as `(unknown)`.
+    fn key(&self, by: crate::report::GroupBy) -> &'static str {
+        match (self, by) {
+            (Source::Rollup { .. }, crate::report::GroupBy::Model) => {
+                "CASE WHEN model = '' THEN '(unknown)' ELSE model END"
+            }
+            (Source::Rows { .. }, crate::report::GroupBy::Model) => "coalesce(model, '(unknown)')",
+            (_, other) => other.column(),
+        }
+    }
+}
+
+/// Latency percentiles read at most about this many calls per distribution: larger periods
+/// are sampled uniformly by row id (evaluated on the `ts` index, so skipped rows are never read).
+const LATENCY_SAMPLE: u64 = 50_000;
 
 fn figures_from_row(
     row: &rusqlite::Row<'_>,
@@ -212,47 +275,38 @@ fn figures_from_row(
     })
 }
 
-/// A group column's SQL: NULL models read as `(unknown)`.
-fn group_sql(by: crate::report::GroupBy) -> &'static str {
-    match by {
-        crate::report::GroupBy::Model => "coalesce(model, '(unknown)')",
-        other => other.column(),
-    }
+fn row_keys(row: &rusqlite::Row<'_>, count: usize) -> rusqlite::Result<Vec<String>> {
+    (0..count)
+        .map(|i| Ok(row.get::<_, Option<String>>(i)?.unwrap_or_default()))
+        .collect()
 }
 
-/// Latency buckets: exact below 1 s, 10 ms up to 100 s, then whole seconds.
-const LATENCY_BUCKET: &str = "CASE WHEN {c} < 1000 THEN {c} WHEN {c} < 100000 THEN ({c} / 10) * 10 ELSE ({c} / 1000) * 1000 END";
-
 /// The groups of a report period: sums per group, and latency and time-to-first-byte
-/// distributions, from rows with `start <= ts < end`.
+/// distributions.
 pub fn report_groups(
     conn: &Connection,
     period: &crate::report::Period,
     by: &[crate::report::GroupBy],
 ) -> rusqlite::Result<Vec<crate::report::Group>> {
-    let start = format_ts(&period.start);
-    let end = format_ts(&period.end);
-    let keys: Vec<&str> = by.iter().map(|b| group_sql(*b)).collect();
-    let (select_keys, group_keys) = if keys.is_empty() {
-        (String::new(), String::new())
+    let source = Source::of(period);
+    let (from, to) = source.bounds();
+    let keys: Vec<&str> = by.iter().map(|b| source.key(*b)).collect();
+    let select_keys = keys.iter().map(|k| format!("{k}, ")).collect::<String>();
+    let group_keys = if keys.is_empty() {
+        String::new()
     } else {
-        (
-            format!("{}, ", keys.join(", ")),
-            format!("GROUP BY {}", keys.join(", ")),
-        )
+        format!("GROUP BY {}", keys.join(", "))
     };
     let sql = format!(
-        "SELECT {select_keys}{FIGURES_SQL} FROM usage WHERE ts >= ?1 AND ts < ?2 {group_keys}"
+        "SELECT {select_keys}{} {} {group_keys}",
+        source.figures(),
+        source.scope()
     );
     let mut statement = conn.prepare(&sql)?;
     let mut groups: Vec<crate::report::Group> = statement
-        .query_map(params![start, end], |row| {
-            let mut key = Vec::new();
-            for i in 0..keys.len() {
-                key.push(row.get::<_, Option<String>>(i)?.unwrap_or_default());
-            }
+        .query_map(params![from, to], |row| {
             Ok(crate::report::Group {
-                keys: key,
+                keys: row_keys(row, keys.len())?,
                 figures: figures_from_row(row, keys.len())?,
                 latency: Vec::new(),
                 ttfb: Vec::new(),
@@ -260,39 +314,52 @@ pub fn report_groups(
         })?
         .collect::<rusqlite::Result<_>>()?;
     groups.retain(|g| g.figures.requests > 0);
-    for (column, is_ttfb) in [("latency_ms", false), ("ttft_ms", true)] {
-        let bucket = LATENCY_BUCKET.replace("{c}", column);
-        let sql = format!(
-            "SELECT {select_keys}{bucket} AS bucket, count(*) FROM usage
-             WHERE ts >= ?1 AND ts < ?2 AND {column} IS NOT NULL
-             GROUP BY {}bucket",
-            if keys.is_empty() {
-                String::new()
-            } else {
-                format!("{}, ", keys.join(", "))
+    let index: std::collections::HashMap<Vec<String>, usize> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.keys.clone(), i))
+        .collect();
+    // Percentiles come from the rows (the rollup keeps no latencies), sampled on big periods.
+    let total: u64 = groups.iter().map(|g| g.figures.requests).sum();
+    let every = total.div_ceil(LATENCY_SAMPLE).max(1) as i64;
+    let raw_keys: Vec<&str> = by
+        .iter()
+        .map(|b| {
+            Source::Rows {
+                from: String::new(),
+                to: String::new(),
             }
+            .key(*b)
+        })
+        .collect();
+    let raw_select = raw_keys
+        .iter()
+        .map(|k| format!("{k}, "))
+        .collect::<String>();
+    for (kind, column) in [(0u8, "latency_ms"), (1, "ttft_ms")] {
+        let bucket = super::schema::LATENCY_BUCKET.replace("{c}", column);
+        let sql = format!(
+            "SELECT {raw_select}{bucket} AS bucket, count(*) FROM usage
+             WHERE ts >= ?1 AND ts < ?2 AND {column} IS NOT NULL AND id % ?3 = 0
+             GROUP BY {raw_select}bucket"
         );
         let mut statement = conn.prepare(&sql)?;
-        let mut rows = statement.query(params![start, end])?;
-        let index: std::collections::HashMap<Vec<String>, usize> = groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.keys.clone(), i))
-            .collect();
+        let mut rows = statement.query(params![
+            format_ts(&period.start),
+            format_ts(&period.end),
+            every
+        ])?;
         while let Some(row) = rows.next()? {
-            let mut key = Vec::new();
-            for i in 0..keys.len() {
-                key.push(row.get::<_, Option<String>>(i)?.unwrap_or_default());
-            }
+            let key = row_keys(row, keys.len())?;
             let value: i64 = row.get(keys.len())?;
             let count: i64 = row.get(keys.len() + 1)?;
-            if let Some(&i) = index.get(&key) {
-                let target = if is_ttfb {
-                    &mut groups[i].ttfb
-                } else {
+            if let (Some(&i), true) = (index.get(&key), count > 0) {
+                let target = if kind == 0 {
                     &mut groups[i].latency
+                } else {
+                    &mut groups[i].ttfb
                 };
-                target.push((value, count.max(0) as u64));
+                target.push((value, count as u64));
             }
         }
     }
@@ -304,12 +371,10 @@ pub fn period_figures(
     conn: &Connection,
     period: &crate::report::Period,
 ) -> rusqlite::Result<crate::report::Figures> {
-    let sql = format!("SELECT {FIGURES_SQL} FROM usage WHERE ts >= ?1 AND ts < ?2");
-    conn.query_row(
-        &sql,
-        params![format_ts(&period.start), format_ts(&period.end)],
-        |row| figures_from_row(row, 0),
-    )
+    let source = Source::of(period);
+    let (from, to) = source.bounds();
+    let sql = format!("SELECT {} {}", source.figures(), source.scope());
+    conn.query_row(&sql, params![from, to], |row| figures_from_row(row, 0))
 }
 
 /// The models behind unpriced, estimated and unreadable usage in a period, most calls first.
@@ -317,16 +382,20 @@ pub fn flagged_models(
     conn: &Connection,
     period: &crate::report::Period,
 ) -> rusqlite::Result<crate::report::Flagged> {
-    let mut statement = conn.prepare(
-        "SELECT provider || '/' || coalesce(model, '(unknown)'),
-                sum(cost_nanos IS NULL AND usage_status != 'missing'),
-                sum(usage_status = 'estimated'), sum(usage_status = 'missing')
-         FROM usage WHERE ts >= ?1 AND ts < ?2
-           AND (cost_nanos IS NULL OR usage_status != 'reported')
-         GROUP BY 1",
-    )?;
+    let source = Source::of(period);
+    let (from, to) = source.bounds();
+    let counts = match source {
+        Source::Rollup { .. } => "sum(unpriced_requests), sum(estimated_requests), sum(missing_requests)",
+        Source::Rows { .. } => "sum(cost_nanos IS NULL AND usage_status != 'missing'), sum(usage_status = 'estimated'), sum(usage_status = 'missing')",
+    };
+    let sql = format!(
+        "SELECT provider || '/' || {}, {counts} {} GROUP BY 1",
+        source.key(crate::report::GroupBy::Model),
+        source.scope()
+    );
+    let mut statement = conn.prepare(&sql)?;
     let mut flagged = crate::report::Flagged::default();
-    let mut rows = statement.query(params![format_ts(&period.start), format_ts(&period.end)])?;
+    let mut rows = statement.query(params![from, to])?;
     while let Some(row) = rows.next()? {
         let name: String = row.get(0)?;
         for (i, list) in [

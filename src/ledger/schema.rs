@@ -65,7 +65,99 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// The schema version this build writes.
-pub const VERSION: i64 = MIGRATIONS.len() as i64;
+pub const VERSION: i64 = MIGRATIONS.len() as i64 + 1;
+
+/// The figures the hourly rollup keeps, as (column, expression over a `usage` row `R`).
+const ROLLUP_FIGURES: &[(&str, &str)] = &[
+    ("requests", "1"),
+    ("errors", "(R.status >= 400)"),
+    ("input_tokens", "R.input_tokens"),
+    ("cache_read_tokens", "R.cache_read_tokens"),
+    ("cache_write_tokens", "R.cache_write_tokens"),
+    ("cache_write_1h_tokens", "R.cache_write_1h_tokens"),
+    ("output_tokens", "R.output_tokens"),
+    ("reasoning_tokens", "R.reasoning_tokens"),
+    ("cost_nanos", "coalesce(R.cost_nanos, 0)"),
+    (
+        "unpriced_requests",
+        "(R.cost_nanos IS NULL AND R.usage_status != 'missing')",
+    ),
+    ("estimated_requests", "(R.usage_status = 'estimated')"),
+    ("missing_requests", "(R.usage_status = 'missing')"),
+];
+
+/// Latency buckets: exact below 1 s, 10 ms up to 100 s, then whole seconds.
+pub const LATENCY_BUCKET: &str = "CASE WHEN {c} < 1000 THEN {c} WHEN {c} < 100000 THEN ({c} / 10) * 10 ELSE ({c} / 1000) * 1000 END";
+
+/// v4: an hourly rollup of `usage` kept by triggers (so rows inserted, updated or deleted with
+/// plain SQL, and `meter reprice`, keep it right), which reports read instead of every row.
+/// Latency percentiles are not rolled up: reports read them from (a sample of) the rows.
+fn rollup_migration() -> String {
+    let columns: Vec<&str> = ROLLUP_FIGURES.iter().map(|(c, _)| *c).collect();
+    let mut sql = format!(
+        "CREATE TABLE usage_hourly (
+            hour TEXT NOT NULL, agent TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+            route TEXT NOT NULL, {},
+            PRIMARY KEY (hour, agent, provider, model, route)) WITHOUT ROWID;\n",
+        columns
+            .iter()
+            .map(|c| format!("{c} INTEGER NOT NULL DEFAULT 0"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // Adds (sign = "+") or removes (sign = "-") one row `R` (NEW or OLD) from the rollup.
+    let apply = |sign: &str, row: &str| {
+        let values: Vec<String> = ROLLUP_FIGURES
+            .iter()
+            .map(|(_, expr)| format!("{sign}({})", expr.replace("R.", &format!("{row}."))))
+            .collect();
+        let updates: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{c} = {c} + excluded.{c}"))
+            .collect();
+        let key = format!("substr({row}.ts, 1, 13), {row}.agent, {row}.provider, coalesce({row}.model, ''), {row}.route");
+        format!(
+            "INSERT INTO usage_hourly (hour, agent, provider, model, route, {}) VALUES ({key}, {})
+             ON CONFLICT (hour, agent, provider, model, route) DO UPDATE SET {};\n",
+            columns.join(", "),
+            values.join(", "),
+            updates.join(", ")
+        )
+    };
+    sql.push_str(&format!(
+        "CREATE TRIGGER usage_rollup_insert AFTER INSERT ON usage BEGIN\n{}END;\n",
+        apply("+", "NEW")
+    ));
+    sql.push_str(&format!(
+        "CREATE TRIGGER usage_rollup_delete AFTER DELETE ON usage BEGIN\n{}END;\n",
+        apply("-", "OLD")
+    ));
+    sql.push_str(&format!(
+        "CREATE TRIGGER usage_rollup_update AFTER UPDATE ON usage BEGIN\n{}{}END;\n",
+        apply("-", "OLD"),
+        apply("+", "NEW")
+    ));
+    // Rows already in the ledger.
+    let sums: Vec<String> = ROLLUP_FIGURES
+        .iter()
+        .map(|(_, expr)| format!("sum({})", expr.replace("R.", "")))
+        .collect();
+    sql.push_str(&format!(
+        "INSERT INTO usage_hourly (hour, agent, provider, model, route, {})
+         SELECT substr(ts, 1, 13), agent, provider, coalesce(model, ''), route, {}
+         FROM usage GROUP BY 1, 2, 3, 4, 5;\n",
+        columns.join(", "),
+        sums.join(", ")
+    ));
+    sql
+}
+
+/// Every migration, in order.
+fn migrations() -> Vec<String> {
+    let mut all: Vec<String> = MIGRATIONS.iter().map(|m| m.to_string()).collect();
+    all.push(rollup_migration());
+    all
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -88,7 +180,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     if found > VERSION {
         return Err(SchemaError::TooNew { found });
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (index, sql) in migrations().iter().enumerate().skip(found as usize) {
         let version = index as i64 + 1;
         let wrap = |source| SchemaError::Migration { version, source };
         let tx = conn.transaction().map_err(wrap)?;
@@ -118,6 +210,85 @@ mod tests {
             .query_row("SELECT cost_nanos FROM usage", [], |r| r.get(0))
             .unwrap();
         assert_eq!(nanos, 123_456);
+    }
+
+    #[test]
+    fn the_rollup_follows_inserts_updates_and_deletes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let insert = "INSERT INTO usage (ts, agent, provider, route, model, status, input_tokens, output_tokens, cost_nanos, usage_status, latency_ms, ttft_ms)
+                      VALUES (?1, 'a', 'openai', 'direct', ?2, 200, 10, 5, ?3, 'reported', 1234, 300)";
+        conn.execute(
+            insert,
+            rusqlite::params!["2026-11-01T10:15:00.000Z", "gpt-4o", 100],
+        )
+        .unwrap();
+        conn.execute(
+            insert,
+            rusqlite::params!["2026-11-01T10:45:00.000Z", "gpt-4o", Option::<i64>::None],
+        )
+        .unwrap();
+        conn.execute(
+            insert,
+            rusqlite::params!["2026-11-01T11:00:00.000Z", Option::<String>::None, 7],
+        )
+        .unwrap();
+        let hourly = |conn: &Connection| -> Vec<(String, String, i64, i64, i64, i64)> {
+            let mut statement = conn.prepare("SELECT hour, model, requests, input_tokens, cost_nanos, unpriced_requests FROM usage_hourly WHERE requests != 0 ORDER BY hour").unwrap();
+            statement
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        };
+        assert_eq!(
+            hourly(&conn),
+            vec![
+                ("2026-11-01T10".into(), "gpt-4o".into(), 2, 20, 100, 1),
+                ("2026-11-01T11".into(), "".into(), 1, 10, 7, 0),
+            ]
+        );
+        // A reprice (an UPDATE) moves the figures; a DELETE takes them out.
+        conn.execute(
+            "UPDATE usage SET cost_nanos = 50 WHERE cost_nanos IS NULL",
+            [],
+        )
+        .unwrap();
+        conn.execute("DELETE FROM usage WHERE model IS NULL", [])
+            .unwrap();
+        assert_eq!(
+            hourly(&conn),
+            vec![("2026-11-01T10".into(), "gpt-4o".into(), 2, 20, 150, 0)]
+        );
+        // A rollup built from existing rows (the migration's backfill) matches the triggers'.
+        let mut fresh = Connection::open_in_memory().unwrap();
+        fresh.execute_batch(MIGRATIONS.join("\n").as_str()).unwrap();
+        fresh
+            .pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            .unwrap();
+        fresh
+            .execute(
+                insert,
+                rusqlite::params!["2026-11-01T10:15:00.000Z", "gpt-4o", 100],
+            )
+            .unwrap();
+        fresh
+            .execute(
+                insert,
+                rusqlite::params!["2026-11-01T10:45:00.000Z", "gpt-4o", 50],
+            )
+            .unwrap();
+        migrate(&mut fresh).unwrap();
+        assert_eq!(hourly(&fresh), hourly(&conn));
     }
 
     #[test]
