@@ -236,6 +236,22 @@ pub struct Config {
     pub prices: Vec<crate::pricing::RateEntry>,
     /// The `prices_file` (middle layer), loaded when it exists.
     pub prices_file: PathBuf,
+    pub review: ReviewConfig,
+}
+
+/// Thresholds of `meter review` (`[review]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewConfig {
+    /// Router spend an agent must save on a direct key, per quarter, to be worth a finding.
+    pub min_savings_usd: f64,
+    /// Direct providers with fewer calls than this in the quarter could sit behind the router.
+    pub rare_provider_max_calls: u64,
+    /// The router's fee assumed when moving a provider behind it (when no router is priced).
+    pub router_fee: f64,
+    /// Calls whose output is this short, and that cost at least `local_min_call_usd`, are
+    /// candidates for a local model.
+    pub local_max_output_tokens: u64,
+    pub local_min_call_usd: f64,
 }
 
 /// Built-in providers (SPEC §2): name, upstream, kind, route.
@@ -327,6 +343,7 @@ struct RawConfig {
     provider: Vec<RawProvider>,
     agent: Vec<RawAgent>,
     price: Vec<crate::pricing::RawPrice>,
+    review: RawReview,
 }
 
 impl Default for RawConfig {
@@ -340,6 +357,29 @@ impl Default for RawConfig {
             provider: Vec::new(),
             agent: Vec::new(),
             price: Vec::new(),
+            review: RawReview::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReview {
+    min_savings_usd: f64,
+    rare_provider_max_calls: u64,
+    router_fee: f64,
+    local_max_output_tokens: u64,
+    local_min_call_usd: f64,
+}
+
+impl Default for RawReview {
+    fn default() -> Self {
+        RawReview {
+            min_savings_usd: 10.0,
+            rare_provider_max_calls: 100,
+            router_fee: 0.055,
+            local_max_output_tokens: 200,
+            local_min_call_usd: 0.001,
         }
     }
 }
@@ -819,6 +859,23 @@ impl RawConfig {
             return Err("prices_file: must not be empty".to_string());
         }
         let prices_file = base.join(&self.prices_file);
+        let r = &self.review;
+        for (key, value) in [
+            ("review.min_savings_usd", r.min_savings_usd),
+            ("review.router_fee", r.router_fee),
+            ("review.local_min_call_usd", r.local_min_call_usd),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(format!("{key}: {value} must be 0 or more"));
+            }
+        }
+        let review = ReviewConfig {
+            min_savings_usd: r.min_savings_usd,
+            rare_provider_max_calls: r.rare_provider_max_calls,
+            router_fee: r.router_fee,
+            local_max_output_tokens: r.local_max_output_tokens,
+            local_min_call_usd: r.local_min_call_usd,
+        };
 
         Ok(Config {
             timezone,
@@ -829,6 +886,7 @@ impl RawConfig {
             agents,
             prices,
             prices_file,
+            review,
         })
     }
 }
@@ -857,6 +915,13 @@ max_rewrite_body_bytes = {DEFAULT_MAX_REWRITE_BODY_BYTES}        # larger reques
 path = "{DEFAULT_DB}"                      # SQLite ledger (WAL); --db overrides it
 batch_size = {DEFAULT_BATCH_SIZE}                         # records per write transaction, at most
 busy_timeout_ms = {DEFAULT_BUSY_TIMEOUT_MS}                   # wait this long for a lock before retrying
+
+[review]                                 # thresholds of `meter review`
+min_savings_usd = 10.0                   # router spend an agent must save on a direct key per quarter
+rare_provider_max_calls = 100            # direct providers with fewer calls could sit behind the router
+router_fee = 0.055                       # router fee assumed when a provider moves behind it
+local_max_output_tokens = 200            # short answers from paid models: candidates for a local model
+local_min_call_usd = 0.001               #   ... when each such call cost at least this
 
 [upstream]
 ca_file = ""                             # extra trusted CA certificates (PEM) besides the system's

@@ -17,4 +17,5 @@ pub mod money;
 pub mod pricing;
 pub mod proxy;
 pub mod report;
+pub mod review;
 pub mod usage;

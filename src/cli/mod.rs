@@ -3,6 +3,7 @@
 pub mod init;
 pub mod prices;
 pub mod report;
+pub mod review;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ pub enum Command {
     Reprice(prices::RepriceArgs),
     /// A period's usage and spend: per agent, provider, model or route
     Report(report::ReportArgs),
+    /// The quarterly routing review: direct, router or local, with the dollars behind each
+    Review(review::ReviewArgs),
 }
 
 /// A failure, classified for the exit status: 2 for usage or configuration, 1 for runtime.
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Prices { command } => prices::run(&cli, command),
         Command::Reprice(args) => prices::reprice(&cli, args),
         Command::Report(args) => report::run(&cli, args),
+        Command::Review(args) => review::run(&cli, args),
     }
 }
 

@@ -421,3 +421,66 @@ pub fn flagged_models(
     }
     Ok(flagged)
 }
+
+/// Per (agent, provider, model, route) sums of a period for `meter review`, read from the rows
+/// (the review needs the rate table's figure and short-answer counts the rollup does not keep).
+pub fn review_groups(
+    conn: &Connection,
+    period: &crate::report::Period,
+    short_output_tokens: u64,
+    short_min_cost_nanos: i64,
+) -> rusqlite::Result<Vec<crate::review::ReviewGroup>> {
+    let mut statement = conn.prepare(
+        "SELECT agent, provider, coalesce(model, '(unknown)'), route, count(*),
+                sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
+                sum(cache_write_1h_tokens), sum(output_tokens), sum(reasoning_tokens),
+                sum(cost_nanos), sum(CASE WHEN cost_nanos IS NOT NULL THEN table_cost_nanos END),
+                sum(CASE WHEN table_cost_nanos IS NOT NULL THEN cost_nanos END),
+                sum(cost_nanos IS NULL AND usage_status != 'missing'),
+                sum(usage_status = 'missing'), sum(usage_status = 'estimated'),
+                sum(output_tokens <= ?3 AND cost_nanos >= ?4),
+                sum(CASE WHEN output_tokens <= ?3 AND cost_nanos >= ?4 THEN cost_nanos ELSE 0 END)
+         FROM usage WHERE ts >= ?1 AND ts < ?2 AND status < 400
+         GROUP BY 1, 2, 3, 4",
+    )?;
+    let rows = statement.query_map(
+        params![
+            format_ts(&period.start),
+            format_ts(&period.end),
+            i64::try_from(short_output_tokens).unwrap_or(i64::MAX),
+            short_min_cost_nanos
+        ],
+        |row| {
+            let n = |i: usize| -> rusqlite::Result<u64> {
+                Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+            };
+            let money = |i: usize| -> rusqlite::Result<i64> {
+                Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0))
+            };
+            Ok(crate::review::ReviewGroup {
+                agent: row.get(0)?,
+                provider: row.get(1)?,
+                model: row.get(2)?,
+                route: row.get(3)?,
+                calls: n(4)?,
+                usage: Usage {
+                    input_tokens: n(5)?,
+                    cache_read_tokens: n(6)?,
+                    cache_write_tokens: n(7)?,
+                    cache_write_1h_tokens: n(8)?,
+                    output_tokens: n(9)?,
+                    reasoning_tokens: n(10)?,
+                },
+                cost_nanos: money(11)?,
+                table_cost_nanos: money(12)?,
+                compared_cost_nanos: money(13)?,
+                unpriced: n(14)?,
+                missing: n(15)?,
+                estimated: n(16)?,
+                short_calls: n(17)?,
+                short_cost_nanos: money(18)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
