@@ -146,7 +146,9 @@ async fn unknown_models_are_unpriced_then_check_and_reprice_fix_them() {
         assert_eq!(status, 200);
     }
     let metrics = meter
-        .metrics_when(|m| m.contains("meter_unpriced_requests_total{"))
+        .metrics_when(|m| {
+            m.contains(r#"meter_unpriced_requests_total{model="acme-large-1",provider="openai"} 3"#)
+        })
         .await;
     assert!(
         metrics
