@@ -113,7 +113,7 @@ async fn non_streaming_call_is_byte_identical_and_recorded() {
     assert!(!got.headers.contains_key("x-meter-tags"));
 
     let metrics = meter
-        .metrics_when(|m| m.contains("meter_cost_usd_total{"))
+        .metrics_when(|m| m.contains("} 0.0019725"))
         .await;
     meter.stop().await;
     let rows = rows(&meter.db);
