@@ -532,12 +532,7 @@ impl Review {
             })
         });
         json!({
-            "period": {
-                "kind": self.period.kind.as_str(),
-                "label": self.period.label,
-                "start": self.period.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "end": self.period.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            },
+            "period": self.period.to_json(),
             "currency": "USD",
             "calls": self.calls,
             "spend_by_route": self.spend_by_route.iter().map(|(r, n)| (r.clone(), json!(*n as f64 / 1e9))).collect::<serde_json::Map<_, _>>(),
@@ -547,13 +542,7 @@ impl Review {
     }
 
     pub fn to_csv(&self) -> String {
-        let cell = |t: &str| {
-            if t.contains([',', '"', '\n']) {
-                format!("\"{}\"", t.replace('"', "\"\""))
-            } else {
-                t.to_string()
-            }
-        };
+        let cell = crate::report::csv_cell;
         let mut out = String::from("kind,agents,models,usd,summary\r\n");
         for f in &self.findings {
             let _ = write!(

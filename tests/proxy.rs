@@ -112,9 +112,7 @@ async fn non_streaming_call_is_byte_identical_and_recorded() {
     assert!(!got.headers.contains_key("x-meter-agent"));
     assert!(!got.headers.contains_key("x-meter-tags"));
 
-    let metrics = meter
-        .metrics_when(|m| m.contains("} 0.0019725"))
-        .await;
+    let metrics = meter.metrics_when(|m| m.contains("} 0.0019725")).await;
     meter.stop().await;
     let rows = rows(&meter.db);
     assert_eq!(rows.len(), 1);

@@ -409,15 +409,12 @@ fn too_large(state: &ProxyState, context: CallContext, limit: u64) -> Response<P
 /// its usage unknown, since the provider may have worked on it.
 fn fail(
     state: &ProxyState,
-    mut context: CallContext,
+    context: CallContext,
     status: StatusCode,
     code: &'static str,
     message: &str,
 ) -> Response<ProxyBody> {
-    context.status = status.as_u16();
-    let record = context.into_record(None, Outcome::Cut(code));
-    state.recorder.record(record);
-    json_error(status, code, message, None)
+    answer(state, context, status, Outcome::Cut(code), code, message)
 }
 
 /// Holds a call's context while meter waits for the upstream's response headers, so that a
@@ -453,17 +450,35 @@ impl Drop for PendingCall {
     }
 }
 
-/// Answers a routed call without (a usable answer from) the upstream, and records it.
+/// Answers a routed call meter did not send (403, 413, unreachable upstream), and records it.
 fn refuse(
     state: &ProxyState,
-    mut context: CallContext,
+    context: CallContext,
     status: StatusCode,
     code: &'static str,
     message: &str,
 ) -> Response<ProxyBody> {
+    answer(
+        state,
+        context,
+        status,
+        Outcome::Refused(code),
+        code,
+        message,
+    )
+}
+
+/// Records a call that ends in meter's own JSON error, and makes that error.
+fn answer(
+    state: &ProxyState,
+    mut context: CallContext,
+    status: StatusCode,
+    outcome: Outcome,
+    code: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
     context.status = status.as_u16();
-    let record = context.into_record(None, Outcome::Refused(code));
-    state.recorder.record(record);
+    state.recorder.record(context.into_record(None, outcome));
     json_error(status, code, message, None)
 }
 

@@ -243,12 +243,7 @@ impl Report {
             None => Value::Null,
         };
         json!({
-            "period": {
-                "kind": self.period.kind.as_str(),
-                "label": self.period.label,
-                "start": self.period.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "end": self.period.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            },
+            "period": self.period.to_json(),
             "currency": "USD",
             "totals": Value::Object(totals),
             "groups": groups,
@@ -505,7 +500,8 @@ fn exact_usd(nanos: i64) -> String {
     format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)
 }
 
-fn csv_cell(text: &str) -> String {
+/// One CSV field, quoted per RFC 4180 when it must be.
+pub fn csv_cell(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {

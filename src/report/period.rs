@@ -181,6 +181,16 @@ impl Period {
         }
     }
 
+    /// The `period` object of the report and review JSON (SPEC §7).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind.as_str(),
+            "label": self.label,
+            "start": self.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "end": self.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+    }
+
     /// Whether `now` falls inside the period (it is still open).
     pub fn is_open(&self, now: DateTime<Utc>) -> bool {
         self.start <= now && now < self.end
