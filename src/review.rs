@@ -109,12 +109,21 @@ pub struct Review {
 }
 
 fn add(total: &mut Usage, usage: &Usage) {
-    total.input_tokens += usage.input_tokens;
-    total.cache_read_tokens += usage.cache_read_tokens;
-    total.cache_write_tokens += usage.cache_write_tokens;
-    total.cache_write_1h_tokens += usage.cache_write_1h_tokens;
-    total.output_tokens += usage.output_tokens;
-    total.reasoning_tokens += usage.reasoning_tokens;
+    // Sums of hand-inserted counts must not overflow into a panic.
+    total.input_tokens = total.input_tokens.saturating_add(usage.input_tokens);
+    total.cache_read_tokens = total
+        .cache_read_tokens
+        .saturating_add(usage.cache_read_tokens);
+    total.cache_write_tokens = total
+        .cache_write_tokens
+        .saturating_add(usage.cache_write_tokens);
+    total.cache_write_1h_tokens = total
+        .cache_write_1h_tokens
+        .saturating_add(usage.cache_write_1h_tokens);
+    total.output_tokens = total.output_tokens.saturating_add(usage.output_tokens);
+    total.reasoning_tokens = total
+        .reasoning_tokens
+        .saturating_add(usage.reasoning_tokens);
 }
 
 /// Calls, two money sums and the agents and models behind them.
@@ -281,7 +290,7 @@ pub fn review(
     }
 
     // Price moves during the quarter, and the quarter at today's prices.
-    let mut used: BTreeMap<(String, String), (Usage, i64, BTreeSet<String>)> = BTreeMap::new();
+    let mut used: BTreeMap<(String, String), (Usage, i64, BTreeSet<String>, u64)> = BTreeMap::new();
     for group in groups {
         let entry = used
             .entry((group.provider.clone(), group.model.clone()))
@@ -289,27 +298,19 @@ pub fn review(
         add(&mut entry.0, &group.usage);
         entry.1 += group.cost_nanos;
         entry.2.insert(group.agent.clone());
+        entry.3 += group.calls;
     }
+    // A move is judged up to today: a price dated later in an open quarter has not moved yet.
+    let last_day = period.last_day.min(today);
     let mut then_total = 0i64;
     let mut now_total = 0i64;
     let mut moved = Vec::new();
-    for ((provider, model), (usage, cost, agents)) in &used {
+    for ((provider, model), (usage, cost, agents, calls)) in &used {
         let pricing = config.provider_pricing(provider);
-        let at = |date: NaiveDate| {
-            price_call(
-                table,
-                provider,
-                pricing,
-                Some(model),
-                date,
-                Some(usage),
-                &Quantities::default(),
-                None,
-            )
-        };
+        let at = |date: NaiveDate| price_many(table, provider, pricing, model, date, usage, *calls);
         let start = at(period.first_day);
-        let end = at(period.last_day);
-        if let (Some(a), Some(b)) = (&start.price_id, &end.price_id) {
+        let end = at(last_day);
+        if let (Some(a), Some(b)) = (&start.1, &end.1) {
             if a != b {
                 moved.push((
                     provider.clone(),
@@ -320,38 +321,28 @@ pub fn review(
                 ));
             }
         }
-        if let Some(today_cost) = at(today).cost_nanos {
+        if let Some(today_cost) = at(today).0 {
             then_total += cost;
             now_total += today_cost;
         }
     }
     for (provider, model, before, after, agents) in moved {
-        let (usage, cost, _) = &used[&(provider.clone(), model.clone())];
+        let (usage, cost, _, calls) = &used[&(provider.clone(), model.clone())];
         let pricing = config.provider_pricing(&provider);
-        let old = price_call(
+        let old = price_many(
             table,
             &provider,
             pricing,
-            Some(&model),
+            &model,
             period.first_day,
-            Some(usage),
-            &Quantities::default(),
-            None,
+            usage,
+            *calls,
         )
-        .cost_nanos
+        .0
         .unwrap_or(0);
-        let new = price_call(
-            table,
-            &provider,
-            pricing,
-            Some(&model),
-            period.last_day,
-            Some(usage),
-            &Quantities::default(),
-            None,
-        )
-        .cost_nanos
-        .unwrap_or(0);
+        let new = price_many(table, &provider, pricing, &model, last_day, usage, *calls)
+            .0
+            .unwrap_or(0);
         findings.push(Finding {
             kind: "price_move",
             agents: names(agents),
@@ -429,6 +420,58 @@ pub fn review(
     }
 }
 
+/// Prices `calls` calls whose usage sums to `total`: exactly when the entry has no tiers, else
+/// as that many average calls (tiers by prompt size apply per call, not to a quarter's sum).
+/// Returns the cost and the id of the entry behind it.
+fn price_many(
+    table: &RateTable,
+    provider: &str,
+    pricing: crate::pricing::ProviderPricing,
+    model: &str,
+    date: NaiveDate,
+    total: &Usage,
+    calls: u64,
+) -> (Option<i64>, Option<String>) {
+    let tiered = table
+        .lookup(provider, model, date)
+        .is_some_and(|entry| !entry.tiers.is_empty());
+    let price = |usage: &Usage| {
+        price_call(
+            table,
+            provider,
+            pricing,
+            Some(model),
+            date,
+            Some(usage),
+            &Quantities::default(),
+            None,
+        )
+    };
+    if !tiered || calls <= 1 {
+        let priced = price(total);
+        return (
+            priced.cost_nanos.filter(|_| priced.price_id.is_some()),
+            priced.price_id,
+        );
+    }
+    let average = Usage {
+        input_tokens: total.input_tokens / calls,
+        cache_read_tokens: total.cache_read_tokens / calls,
+        cache_write_tokens: total.cache_write_tokens / calls,
+        cache_write_1h_tokens: total.cache_write_1h_tokens / calls,
+        output_tokens: total.output_tokens / calls,
+        reasoning_tokens: total.reasoning_tokens / calls,
+    };
+    let priced = price(&average);
+    (
+        priced
+            .cost_nanos
+            .filter(|_| priced.price_id.is_some())
+            .map(|c| c.saturating_mul(i64::try_from(calls).unwrap_or(i64::MAX))),
+        priced.price_id,
+    )
+}
+
 fn what_if_result(
     config: &Config,
     table: &RateTable,
@@ -437,15 +480,31 @@ fn what_if_result(
     what_if: &WhatIf,
 ) -> WhatIfResult {
     let mine: Vec<&ReviewGroup> = groups.iter().filter(|g| g.agent == what_if.agent).collect();
-    let mut usage = Usage::default();
-    for group in &mine {
-        add(&mut usage, &group.usage);
-    }
     let calls = mine.iter().map(|g| g.calls).sum();
     let cost_nanos = mine.iter().map(|g| g.cost_nanos).sum();
-    // The target: the model given (on the provider given, else the one that prices it), or
-    // each current model on the provider given.
+    // Each of the agent's groups repriced on `provider`, with the target model (or its own).
+    let reprice = |provider: &str, model: Option<&str>| -> (Option<i64>, Option<String>) {
+        let mut total = Some(0i64);
+        let mut id = None;
+        for group in &mine {
+            let model = model.unwrap_or(&group.model);
+            let pricing = config.provider_pricing(provider);
+            let (cost, price_id) = price_many(
+                table,
+                provider,
+                pricing,
+                model,
+                today,
+                &group.usage,
+                group.calls,
+            );
+            total = total.zip(cost).map(|(t, c)| t.saturating_add(c));
+            id = id.or(price_id);
+        }
+        (total, id)
+    };
     let (would_cost_nanos, priced_by) = match (&what_if.model, &what_if.provider) {
+        // The model given, on the provider given, else on the first provider that prices it.
         (Some(model), provider) => {
             let candidates: Vec<String> = match provider {
                 Some(p) => vec![p.clone()],
@@ -453,46 +512,13 @@ fn what_if_result(
             };
             candidates
                 .iter()
-                .find_map(|provider| {
-                    let priced = price_call(
-                        table,
-                        provider,
-                        config.provider_pricing(provider),
-                        Some(model),
-                        today,
-                        Some(&usage),
-                        &Quantities::default(),
-                        None,
-                    );
-                    priced
-                        .cost_nanos
-                        .filter(|_| priced.price_id.is_some())
-                        .map(|c| (c, priced.price_id))
-                })
-                .map_or((None, None), |(c, id)| (Some(c), id))
+                .map(|provider| reprice(provider, Some(model)))
+                .find(|(cost, _)| cost.is_some())
+                .unwrap_or((None, None))
         }
         (None, Some(provider)) => {
-            let mut total = Some(0i64);
-            for group in &mine {
-                let priced = price_call(
-                    table,
-                    provider,
-                    config.provider_pricing(provider),
-                    Some(&group.model),
-                    today,
-                    Some(&group.usage),
-                    &Quantities::default(),
-                    None,
-                );
-                total = match (
-                    total,
-                    priced.cost_nanos.filter(|_| priced.price_id.is_some()),
-                ) {
-                    (Some(t), Some(c)) => Some(t + c),
-                    _ => None,
-                };
-            }
-            (total, Some(format!("{provider} prices of the same models")))
+            let (cost, _) = reprice(provider, None);
+            (cost, Some(format!("{provider} prices of the same models")))
         }
         (None, None) => (None, None),
     };

@@ -203,3 +203,35 @@ async fn unknown_models_are_unpriced_then_check_and_reprice_fix_them() {
 fn rows_cost(db: &Path) -> Vec<Option<i64>> {
     rows(db).into_iter().map(|r| r.cost_nanos).collect()
 }
+
+#[test]
+fn reprice_keeps_costs_it_cannot_recompute() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("meter.db");
+    let conn =
+        meter::ledger::writer::open_connection(&db, std::time::Duration::from_secs(5)).unwrap();
+    // History imported by hand: a cost for a model meter has no price for.
+    conn.execute(
+        "INSERT INTO usage (ts, agent, provider, route, model, status, input_tokens, output_tokens, cost_usd, usage_status)
+         VALUES ('2026-10-01T00:00:00.000Z', 'a', 'openai', 'direct', 'legacy-model', 200, 10, 10, 2.0, 'reported')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let db = db.to_str().unwrap();
+    let (code, out, err) = meter(
+        dir.path(),
+        &[
+            "--db",
+            db,
+            "reprice",
+            "--since",
+            "2026-10-01",
+            "--until",
+            "2026-10-01",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cost before $2.00 -> after $2.00"), "{out}");
+    assert_eq!(rows(Path::new(db))[0].cost_nanos, Some(2_000_000_000));
+}

@@ -362,3 +362,103 @@ fn what_if_reprices_an_agents_usage_on_another_model() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_configured_router_markup_is_the_markup_paid_and_tiers_apply_per_call() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("meter.toml"),
+        "[[provider]]\nname = \"openrouter\"\nmarkup = 0.05\n\n[review]\nmin_savings_usd = 0.0001\n",
+    )
+    .unwrap();
+    let db = dir.path().join("meter.db");
+    // Priced by meter itself, so the table's figure is the direct-key price and the cost adds
+    // the router's 5%: price the rows as the writer does.
+    let config = meter::config::Config::from_toml(
+        &std::fs::read_to_string(dir.path().join("meter.toml")).unwrap(),
+        "meter.toml",
+    )
+    .unwrap();
+    let table = config.rate_table().unwrap();
+    let date = chrono::NaiveDate::from_ymd_opt(2026, 10, 10).unwrap();
+    let usage = meter::usage::Usage {
+        input_tokens: 100_000,
+        output_tokens: 1_000,
+        ..Default::default()
+    };
+    let routed = meter::pricing::price_call(
+        &table,
+        "openrouter",
+        config.provider_pricing("openrouter"),
+        Some("anthropic/claude-sonnet-4.5"),
+        date,
+        Some(&usage),
+        &Default::default(),
+        None,
+    );
+    assert!(routed.cost_nanos.unwrap() > routed.table_cost_nanos.unwrap());
+    seed(
+        &db,
+        &[(
+            "2026-10-10T10:00:00.000Z",
+            "triage",
+            "openrouter",
+            "anthropic/claude-sonnet-4.5",
+            "router",
+            1000,
+            routed.cost_nanos,
+            routed.table_cost_nanos,
+            "reported",
+        )],
+        4,
+    );
+    // Gemini 2.5 Pro: ten 50k-token prompts are each under the 200k tier, whatever their sum.
+    let gemini = meter::pricing::price_call(
+        &table,
+        "gemini",
+        config.provider_pricing("gemini"),
+        Some("gemini-2.5-pro"),
+        date,
+        Some(&usage),
+        &Default::default(),
+        None,
+    );
+    let conn =
+        meter::ledger::writer::open_connection(&db, std::time::Duration::from_secs(5)).unwrap();
+    for _ in 0..10 {
+        conn.execute(
+            "INSERT INTO usage (ts, agent, provider, route, model, status, input_tokens, output_tokens, cost_nanos, usage_status)
+             VALUES ('2026-10-12T10:00:00.000Z', 'coder', 'gemini', 'direct', 'gemini-2.5-pro', 200, 100000, 1000, ?1, 'reported')",
+            [gemini.cost_nanos],
+        )
+        .unwrap();
+    }
+    let review = review(dir.path(), &[]);
+    let saves = finding(&review, "direct_key_saves").expect("the router's markup is visible");
+    let markup = saves["usd"].as_f64().unwrap();
+    let expected =
+        4.0 * (routed.cost_nanos.unwrap() - routed.table_cost_nanos.unwrap()) as f64 / 1e9;
+    assert!((markup - expected).abs() < 1e-9, "{markup} vs {expected}");
+    let moved: Vec<&Value> = review["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "todays_prices" || f["kind"] == "price_move")
+        .collect();
+    assert!(
+        moved
+            .iter()
+            .all(|f| !f["summary"].as_str().unwrap().contains("gemini")),
+        "{moved:?}"
+    );
+    let what_if = review_what_if(dir.path(), "agent=coder,model=gemini-2.5-pro");
+    assert_eq!(
+        what_if["would_cost_usd"].as_f64(),
+        what_if["cost_usd"].as_f64(),
+        "same model, same price, per call"
+    );
+}
+
+fn review_what_if(dir: &Path, what_if: &str) -> Value {
+    review(dir, &["--what-if", what_if])["what_if"].clone()
+}

@@ -41,7 +41,7 @@ pub struct RepriceArgs {
     /// First day to reprice (UTC)
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub since: NaiveDate,
-    /// Day after the last one to reprice (UTC) [default: no end]
+    /// Last day to reprice (UTC), included [default: no end]
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub until: Option<NaiveDate>,
     /// Show what would change without writing it
@@ -66,7 +66,9 @@ fn list(config: &Config, provider: Option<&str>, all: bool) -> Result<(), Failur
     let mut shown = Vec::new();
     for entry in table.entries() {
         let entry_provider = entry.provider.as_deref().unwrap_or("*");
-        if provider.is_some_and(|p| p != entry_provider && entry_provider != "*") {
+        if provider
+            .is_some_and(|p| !p.eq_ignore_ascii_case(entry_provider) && entry_provider != "*")
+        {
             continue;
         }
         if all {
@@ -249,6 +251,12 @@ fn import(config: &Config, file: &PathBuf, effective: Option<NaiveDate>) -> Resu
     for (_, reason) in &imported.skipped {
         let kind = if reason.starts_with("provider") {
             "provider not one of meter's".to_string()
+        } else if reason.starts_with("duplicate") {
+            "another LiteLLM key names the same model".to_string()
+        } else if reason.starts_with("not billed by token") {
+            "not billed by token (images, audio by the second, ...)".to_string()
+        } else if reason.starts_with("invalid") {
+            "invalid prices".to_string()
         } else {
             reason.clone()
         };
@@ -273,7 +281,7 @@ pub fn reprice(cli: &Cli, args: &RepriceArgs) -> Result<(), Failure> {
         &table,
         &|name| config.provider_pricing(name),
         day(args.since),
-        args.until.map(day),
+        args.until.and_then(|u| u.succ_opt()).map(day),
         args.dry_run,
     )
     .with_context(|| format!("repricing {}", config.store.path.display()))

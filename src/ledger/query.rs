@@ -125,9 +125,16 @@ pub fn reprice(
                         .map_or(0, |s| (s * 1000.0).round().max(0.0) as u64),
                     web_search_calls: n(17)?,
                 };
-                let reported: Option<i64> = row.get(18)?;
                 let before: (Option<i64>, Option<String>, Option<String>, Option<i64>) =
                     (row.get(19)?, row.get(20)?, row.get(21)?, row.get(22)?);
+                // A cost meter did not compute from the table (reported by the provider, or
+                // written by hand into the ledger) is kept as the call's reported cost.
+                let reported: Option<i64> =
+                    row.get::<_, Option<i64>>(18)?
+                        .or(match before.1.as_deref() {
+                            None | Some("provider_reported") => before.0,
+                            Some(_) => None,
+                        });
                 let priced = price_call(
                     table,
                     &provider,
@@ -191,6 +198,36 @@ enum Source {
 }
 
 impl Source {
+    /// Like `of`, but reads the rows when the rollup disagrees with them on the number of
+    /// calls (an `INSERT OR REPLACE` by hand skips the delete trigger).
+    fn checked(conn: &Connection, period: &crate::report::Period) -> rusqlite::Result<Source> {
+        let source = Source::of(period);
+        if let Source::Rollup { from, to } = &source {
+            let rolled: i64 = conn.query_row(
+                "SELECT coalesce(sum(requests), 0) FROM usage_hourly WHERE hour >= ?1 AND hour < ?2",
+                params![from, to],
+                |row| row.get(0),
+            )?;
+            let counted: i64 = conn.query_row(
+                "SELECT count(*) FROM usage WHERE ts >= ?1 AND ts < ?2",
+                params![format_ts(&period.start), format_ts(&period.end)],
+                |row| row.get(0),
+            )?;
+            if rolled != counted {
+                tracing::warn!(
+                    rollup = rolled,
+                    rows = counted,
+                    "the hourly rollup disagrees with the ledger rows; reading the rows"
+                );
+                return Ok(Source::Rows {
+                    from: format_ts(&period.start),
+                    to: format_ts(&period.end),
+                });
+            }
+        }
+        Ok(source)
+    }
+
     fn of(period: &crate::report::Period) -> Source {
         use chrono::Timelike;
         let whole_hour =
@@ -239,10 +276,10 @@ impl Source {
     /// A group column; a model the ledger does not know reads as `(unknown)`.
     fn key(&self, by: crate::report::GroupBy) -> &'static str {
         match (self, by) {
-            (Source::Rollup { .. }, crate::report::GroupBy::Model) => {
-                "CASE WHEN model = '' THEN '(unknown)' ELSE model END"
+            (Source::Rollup { .. }, crate::report::GroupBy::Model) => "model",
+            (Source::Rows { .. }, crate::report::GroupBy::Model) => {
+                "coalesce(nullif(model, ''), '(unknown)')"
             }
-            (Source::Rows { .. }, crate::report::GroupBy::Model) => "coalesce(model, '(unknown)')",
             (_, other) => other.column(),
         }
     }
@@ -288,7 +325,7 @@ pub fn report_groups(
     period: &crate::report::Period,
     by: &[crate::report::GroupBy],
 ) -> rusqlite::Result<Vec<crate::report::Group>> {
-    let source = Source::of(period);
+    let source = Source::checked(conn, period)?;
     let (from, to) = source.bounds();
     let keys: Vec<&str> = by.iter().map(|b| source.key(*b)).collect();
     let select_keys = keys.iter().map(|k| format!("{k}, ")).collect::<String>();
@@ -371,7 +408,7 @@ pub fn period_figures(
     conn: &Connection,
     period: &crate::report::Period,
 ) -> rusqlite::Result<crate::report::Figures> {
-    let source = Source::of(period);
+    let source = Source::checked(conn, period)?;
     let (from, to) = source.bounds();
     let sql = format!("SELECT {} {}", source.figures(), source.scope());
     conn.query_row(&sql, params![from, to], |row| figures_from_row(row, 0))
@@ -382,7 +419,7 @@ pub fn flagged_models(
     conn: &Connection,
     period: &crate::report::Period,
 ) -> rusqlite::Result<crate::report::Flagged> {
-    let source = Source::of(period);
+    let source = Source::checked(conn, period)?;
     let (from, to) = source.bounds();
     let counts = match source {
         Source::Rollup { .. } => "sum(unpriced_requests), sum(estimated_requests), sum(missing_requests)",
@@ -431,7 +468,7 @@ pub fn review_groups(
     short_min_cost_nanos: i64,
 ) -> rusqlite::Result<Vec<crate::review::ReviewGroup>> {
     let mut statement = conn.prepare(
-        "SELECT agent, provider, coalesce(model, '(unknown)'), route, count(*),
+        "SELECT agent, provider, coalesce(nullif(model, ''), '(unknown)'), route, count(*),
                 sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
                 sum(cache_write_1h_tokens), sum(output_tokens), sum(reasoning_tokens),
                 sum(cost_nanos), sum(CASE WHEN cost_nanos IS NOT NULL THEN table_cost_nanos END),

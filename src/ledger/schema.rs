@@ -55,6 +55,13 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         UPDATE usage SET cost_nanos = CAST(round(NEW.cost_usd * 1e9) AS INTEGER) WHERE id = NEW.id;
     END;
+    CREATE TRIGGER usage_cost_nanos_from_usd_update AFTER UPDATE OF cost_usd ON usage
+    WHEN NEW.cost_nanos IS OLD.cost_nanos AND NEW.cost_usd IS NOT OLD.cost_usd
+    BEGIN
+        UPDATE usage SET cost_nanos = CAST(round(NEW.cost_usd * 1e9) AS INTEGER) WHERE id = NEW.id;
+    END;
+    UPDATE usage SET cost_nanos = CAST(round(cost_usd * 1e9) AS INTEGER)
+    WHERE cost_nanos IS NULL AND cost_usd IS NOT NULL;
     "#,
     // v3: what the rate table says a call cost, kept beside a provider-reported cost so that a
     // router's markup can be shown; and an index for `prices check`.
@@ -115,7 +122,7 @@ fn rollup_migration() -> String {
             .iter()
             .map(|c| format!("{c} = {c} + excluded.{c}"))
             .collect();
-        let key = format!("substr({row}.ts, 1, 13), {row}.agent, {row}.provider, coalesce({row}.model, ''), {row}.route");
+        let key = format!("substr({row}.ts, 1, 13), {row}.agent, {row}.provider, coalesce(nullif({row}.model, ''), '(unknown)'), {row}.route");
         format!(
             "INSERT INTO usage_hourly (hour, agent, provider, model, route, {}) VALUES ({key}, {})
              ON CONFLICT (hour, agent, provider, model, route) DO UPDATE SET {};\n",
@@ -144,7 +151,7 @@ fn rollup_migration() -> String {
         .collect();
     sql.push_str(&format!(
         "INSERT INTO usage_hourly (hour, agent, provider, model, route, {})
-         SELECT substr(ts, 1, 13), agent, provider, coalesce(model, ''), route, {}
+         SELECT substr(ts, 1, 13), agent, provider, coalesce(nullif(model, ''), '(unknown)'), route, {}
          FROM usage GROUP BY 1, 2, 3, 4, 5;\n",
         columns.join(", "),
         sums.join(", ")
@@ -196,6 +203,27 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn hand_edited_costs_keep_nanos_in_step() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO usage (ts, provider, route, status, cost_usd) VALUES ('2026-01-01T00:00:00.000Z', 'openai', 'direct', 200, 1.5)",
+            [],
+        )
+        .unwrap();
+        conn.execute("UPDATE usage SET cost_usd = 2.25", [])
+            .unwrap();
+        let nanos: i64 = conn
+            .query_row("SELECT cost_nanos FROM usage", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(nanos, 2_250_000_000);
+        let rolled: i64 = conn
+            .query_row("SELECT sum(cost_nanos) FROM usage_hourly", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rolled, 2_250_000_000);
+    }
 
     #[test]
     fn hand_inserted_cost_gets_exact_nanos() {
@@ -254,7 +282,7 @@ mod tests {
             hourly(&conn),
             vec![
                 ("2026-11-01T10".into(), "gpt-4o".into(), 2, 20, 100, 1),
-                ("2026-11-01T11".into(), "".into(), 1, 10, 7, 0),
+                ("2026-11-01T11".into(), "(unknown)".into(), 1, 10, 7, 0),
             ]
         );
         // A reprice (an UPDATE) moves the figures; a DELETE takes them out.

@@ -108,6 +108,24 @@ pub fn parse(json: &[u8], effective: NaiveDate) -> Result<Imported, String> {
                 .push((key, "no per-token input price".to_string()));
             continue;
         };
+        let embedding = entry.mode.as_deref() == Some("embedding");
+        let output = match entry.output_cost_per_token {
+            Some(output) => output,
+            None if embedding => 0.0,
+            None => {
+                imported
+                    .skipped
+                    .push((key, "no per-token output price".to_string()));
+                continue;
+            }
+        };
+        // A free-tier or placeholder entry must not shadow a paid built-in price.
+        if input == 0.0 && output == 0.0 {
+            imported
+                .skipped
+                .push((key, "priced at $0 (free tier or placeholder)".to_string()));
+            continue;
+        }
         // `groq/llama-3.3-70b-versatile` is `llama-3.3-70b-versatile` on Groq;
         // `openrouter/anthropic/claude-3.5-sonnet` is `anthropic/claude-3.5-sonnet` there.
         let model = key
@@ -179,12 +197,12 @@ pub fn parse(json: &[u8], effective: NaiveDate) -> Result<Imported, String> {
                 .push((replaced, format!("duplicate of {key}")));
         }
         chosen.insert(slot, (rank, key.clone()));
-        imported.prices.push(RawPrice {
+        let price = RawPrice {
             provider: provider.to_string(),
             model,
             effective: RawDate::Text(effective.to_string()),
             input: Some(per_million(input)),
-            output: Some(per_million(entry.output_cost_per_token.unwrap_or(0.0))),
+            output: Some(per_million(output)),
             cache_read: entry.cache_read_input_token_cost.map(per_million),
             cache_write: entry.cache_creation_input_token_cost.map(per_million),
             cache_write_1h: entry
@@ -199,7 +217,14 @@ pub fn parse(json: &[u8], effective: NaiveDate) -> Result<Imported, String> {
             per_web_search: None,
             source: Some(SOURCE.to_string()),
             tier,
-        });
+        };
+        // Nothing meter could not load back goes into the prices file.
+        if let Err(reason) = price.validate(&key, super::Layer::File) {
+            chosen.remove(&(price.provider.clone(), price.model.clone()));
+            imported.skipped.push((key, format!("invalid: {reason}")));
+            continue;
+        }
+        imported.prices.push(price);
     }
     Ok(imported)
 }

@@ -499,7 +499,10 @@ pub fn cost_pico(
     quantities: &Quantities,
     flavor: Flavor,
 ) -> Result<i128, Unpriced> {
-    let prompt = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens;
+    let prompt = usage
+        .input_tokens
+        .saturating_add(usage.cache_read_tokens)
+        .saturating_add(usage.cache_write_tokens);
     let rates = entry
         .tiers
         .iter()
@@ -564,7 +567,7 @@ pub fn cost_pico(
 /// `pico × (1 + markup)`, with the markup in parts per million, rounded once.
 pub fn with_markup(pico: i128, markup: f64) -> i128 {
     let ppm = (markup * 1e6).round() as i128;
-    (pico * (1_000_000 + ppm) + 500_000) / 1_000_000
+    pico.saturating_mul(1_000_000 + ppm).saturating_add(500_000) / 1_000_000
 }
 
 /// Pico-dollars to the ledger's nano-dollars, half up.
@@ -587,8 +590,8 @@ pub struct Priced {
     pub cost_nanos: Option<i64>,
     pub cost_source: Option<&'static str>,
     pub price_id: Option<String>,
-    /// What the table says the call cost (markup included), even when the provider reported
-    /// its own figure: the difference is what the router charged on top.
+    /// What the table says the call costs at the seller's list price, before any markup, even
+    /// when the provider reported its own figure: the difference is what the router charged.
     pub table_cost_nanos: Option<i64>,
     /// No price for a call that needed one.
     pub unpriced: bool,
@@ -607,12 +610,13 @@ pub fn price_call(
     reported_cost_nanos: Option<i64>,
 ) -> Priced {
     let entry = model.and_then(|m| table.lookup(provider_name, m, date));
-    let table_cost = match (entry, usage) {
-        (Some(entry), Some(usage)) => cost_pico(entry, usage, quantities, provider.flavor)
-            .ok()
-            .map(|pico| pico_to_nanos(with_markup(pico, provider.markup))),
+    // The table's figure before any markup: what the same call costs at the seller's list
+    // price (for a router, on a direct key). The markup is added to the cost below.
+    let table_pico = match (entry, usage) {
+        (Some(entry), Some(usage)) => cost_pico(entry, usage, quantities, provider.flavor).ok(),
         _ => None,
     };
+    let table_cost = table_pico.map(pico_to_nanos);
     let price_id = entry.map(|e| e.id.clone());
     if let Some(reported) = reported_cost_nanos {
         return Priced {
@@ -630,12 +634,12 @@ pub fn price_call(
             ..Priced::default()
         };
     };
-    if let Some(cost) = table_cost {
+    if let Some(pico) = table_pico {
         return Priced {
-            cost_nanos: Some(cost),
+            cost_nanos: Some(pico_to_nanos(with_markup(pico, provider.markup))),
             cost_source: Some("rate_table"),
             price_id,
-            table_cost_nanos: Some(cost),
+            table_cost_nanos: table_cost,
             unpriced: false,
         };
     }

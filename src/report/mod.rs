@@ -168,6 +168,8 @@ pub struct Report {
     pub forecast_nanos: Option<i64>,
     pub flagged: Flagged,
     pub timezone: String,
+    /// The share of the period elapsed when the report was made (1 for a closed one).
+    pub elapsed: f64,
 }
 
 impl Report {
@@ -195,6 +197,11 @@ impl Report {
         let forecast_nanos = period
             .is_open(now)
             .then(|| (totals.cost_nanos as f64 / period.elapsed_fraction(now)).round() as i64);
+        let elapsed = if period.is_open(now) {
+            period.elapsed_fraction(now)
+        } else {
+            1.0
+        };
         Report {
             period,
             by,
@@ -204,6 +211,7 @@ impl Report {
             forecast_nanos,
             flagged,
             timezone,
+            elapsed,
         }
     }
 
@@ -374,7 +382,7 @@ impl Report {
                 "Forecast for {}: {} (open period, {:.0}% elapsed)",
                 self.period.label,
                 format_usd(forecast),
-                100.0 * (usd(self.totals.cost_nanos) / usd(forecast.max(1))).min(1.0)
+                100.0 * self.elapsed
             );
         }
         if let Some(share) = self.totals.cache_hit_share() {

@@ -176,7 +176,11 @@ impl Period {
             }
             PeriodKind::Custom => {
                 let days = (self.last_day - self.first_day).num_days();
-                Period::custom(day_before - Duration::days(days), day_before, tz)
+                Period::custom(
+                    day_before.checked_sub_signed(Duration::days(days))?,
+                    day_before,
+                    tz,
+                )
             }
         }
     }
