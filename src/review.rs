@@ -126,6 +126,9 @@ fn add(total: &mut Usage, usage: &Usage) {
         .saturating_add(usage.reasoning_tokens);
 }
 
+/// One model's quarter: summed usage, recorded cost, agents and calls.
+type Used = (Usage, i64, BTreeSet<String>, u64);
+
 /// Calls, two money sums and the agents and models behind them.
 #[derive(Default)]
 struct Tally {
@@ -290,7 +293,7 @@ pub fn review(
     }
 
     // Price moves during the quarter, and the quarter at today's prices.
-    let mut used: BTreeMap<(String, String), (Usage, i64, BTreeSet<String>, u64)> = BTreeMap::new();
+    let mut used: BTreeMap<(String, String), Used> = BTreeMap::new();
     for group in groups {
         let entry = used
             .entry((group.provider.clone(), group.model.clone()))
