@@ -31,7 +31,8 @@ pub struct LedgerRecord {
     pub reported_cost_nanos: Option<i64>,
     /// The cost recorded, in nano-dollars (1e-9 USD); `None` while unpriced.
     pub cost_nanos: Option<i64>,
-    /// The rate table's figure (markup included), also when the provider reported the cost.
+    /// The rate table's figure at the seller's list price (before any markup), also when the
+    /// provider reported the cost: the difference is what a router charged on top.
     pub table_cost_nanos: Option<i64>,
     pub cost_source: Option<&'static str>,
     pub price_id: Option<String>,
