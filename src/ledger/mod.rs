@@ -46,6 +46,8 @@ pub struct LedgerRecord {
     pub error: Option<&'static str>,
     /// Set when usage must be counted locally; the writer thread does it, off the request path.
     pub estimate: Option<EstimateInput>,
+    /// Priced and counted in the metrics already.
+    pub observed: bool,
 }
 
 impl LedgerRecord {

@@ -40,11 +40,18 @@ pub enum LedgerError {
 pub struct Recorder {
     sender: mpsc::Sender<LedgerRecord>,
     metrics: Arc<Metrics>,
+    pricer: Arc<Pricer>,
 }
 
 impl Recorder {
-    /// Queues the record for the writer, which counts it in the metrics.
-    pub fn record(&self, record: LedgerRecord) {
+    /// Finishes a record and queues it for the writer. A record with its usage read is priced
+    /// and counted in the metrics here (a few microseconds), so `/metrics` shows a call by the
+    /// time its response ends; one whose usage must be estimated is finished by the writer
+    /// thread, off the request path.
+    pub fn record(&self, mut record: LedgerRecord) {
+        if record.estimate.is_none() {
+            finish(&mut record, &self.pricer, &self.metrics);
+        }
         self.metrics.ledger_pending_records.inc();
         if self.sender.send(record).is_err() {
             // Only after the writer has stopped, which happens once every Recorder is dropped.
@@ -83,7 +90,16 @@ impl WriterHandle {
 pub struct Pricer {
     pub table: RateTable,
     pub providers: HashMap<String, ProviderPricing>,
-    warned: HashSet<(String, String)>,
+    warned: std::sync::Mutex<HashSet<(String, String)>>,
+}
+
+/// Resolves a record's estimate, prices it and counts it in the metrics: once per record, on
+/// the request path or on the writer thread.
+fn finish(record: &mut LedgerRecord, pricer: &Pricer, metrics: &Metrics) {
+    record.resolve_estimate();
+    pricer.price(record, metrics);
+    metrics.observe(record);
+    record.observed = true;
 }
 
 impl Pricer {
@@ -96,11 +112,11 @@ impl Pricer {
         Pricer {
             table,
             providers,
-            warned: HashSet::new(),
+            warned: std::sync::Mutex::new(HashSet::new()),
         }
     }
 
-    fn price(&mut self, record: &mut LedgerRecord, metrics: &Metrics) {
+    fn price(&self, record: &mut LedgerRecord, metrics: &Metrics) {
         let provider = match self.providers.get(&record.provider) {
             Some(provider) => *provider,
             None => ProviderPricing {
@@ -112,7 +128,12 @@ impl Pricer {
         if record.price(&self.table, provider) {
             let model = record.model.clone().unwrap_or_default();
             metrics.observe_unpriced(&record.provider, &model);
-            if self.warned.insert((record.provider.clone(), model.clone())) {
+            let first = self
+                .warned
+                .lock()
+                .map(|mut warned| warned.insert((record.provider.clone(), model.clone())))
+                .unwrap_or(true);
+            if first {
                 tracing::warn!(provider = %record.provider, model = %model, "no price for this model: its calls are recorded unpriced; add a [[price]] entry and run `meter reprice`");
             }
         }
@@ -131,6 +152,8 @@ pub fn open(
     let writer_metrics = metrics.clone();
     let stopping = Arc::new(AtomicBool::new(false));
     let writer_stopping = stopping.clone();
+    let pricer = Arc::new(pricer);
+    let writer_pricer = pricer.clone();
     let thread = thread::Builder::new()
         .name("meter-ledger".to_string())
         .spawn(move || {
@@ -139,13 +162,17 @@ pub fn open(
                 receiver,
                 batch_size,
                 &writer_metrics,
-                pricer,
+                &writer_pricer,
                 &writer_stopping,
             )
         })
         .map_err(LedgerError::Thread)?;
     Ok((
-        Recorder { sender, metrics },
+        Recorder {
+            sender,
+            metrics,
+            pricer,
+        },
         WriterHandle { thread, stopping },
     ))
 }
@@ -180,17 +207,17 @@ fn run(
     receiver: mpsc::Receiver<LedgerRecord>,
     batch_size: usize,
     metrics: &Metrics,
-    mut pricer: Pricer,
+    pricer: &Pricer,
     stopping: &AtomicBool,
 ) -> u64 {
     // Records are resolved (estimate, price) and counted in the metrics as they arrive, also
     // while a failing database is being retried: the metrics keep moving, and what waits in
     // `queue` no longer holds request bodies.
     let mut queue: VecDeque<LedgerRecord> = VecDeque::new();
-    let mut take = |mut record: LedgerRecord, queue: &mut VecDeque<LedgerRecord>| {
-        record.resolve_estimate();
-        pricer.price(&mut record, metrics);
-        metrics.observe(&record);
+    let take = |mut record: LedgerRecord, queue: &mut VecDeque<LedgerRecord>| {
+        if !record.observed {
+            finish(&mut record, pricer, metrics);
+        }
         queue.push_back(record);
     };
     let mut connected = true;

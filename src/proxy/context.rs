@@ -146,6 +146,7 @@ impl CallContext {
             tags,
             error,
             estimate,
+            observed: false,
         }
     }
 }
