@@ -86,7 +86,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::sse::{SseEvent, SseFramer};
-use super::{OutputText, ParsedUsage, Quantities, Usage, UsageParser};
+use super::{BoundedBody, OutputText, ParsedUsage, Quantities, Usage, UsageParser};
 
 /// Default cap on a buffered non-streaming body; a larger body yields `usage: None`.
 pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -329,9 +329,7 @@ struct WireMessage {
 /// A non-streaming `Message`: the body is buffered (up to a limit) and parsed at the end.
 #[derive(Debug)]
 pub struct MessagesJson {
-    body: Vec<u8>,
-    limit: usize,
-    overflowed: bool,
+    body: BoundedBody,
 }
 
 impl Default for MessagesJson {
@@ -344,31 +342,20 @@ impl MessagesJson {
     /// A parser that gives up (usage `None`) on bodies larger than `limit` bytes.
     pub fn with_limit(limit: usize) -> Self {
         MessagesJson {
-            body: Vec::new(),
-            limit,
-            overflowed: false,
+            body: BoundedBody::with_limit(limit),
         }
     }
 }
 
 impl UsageParser for MessagesJson {
     fn feed(&mut self, chunk: &[u8]) {
-        if self.overflowed {
-            return;
-        }
-        if self.body.len().saturating_add(chunk.len()) > self.limit {
-            self.overflowed = true;
-            self.body = Vec::new();
-            return;
-        }
-        self.body.extend_from_slice(chunk);
+        self.body.push(chunk);
     }
 
     fn finish(&mut self) -> ParsedUsage {
-        let body = std::mem::take(&mut self.body);
-        if self.overflowed {
+        let Some(body) = self.body.take() else {
             return ParsedUsage::default();
-        }
+        };
         let Some(message) = parse_object::<WireMessage>(&body) else {
             return ParsedUsage::default();
         };

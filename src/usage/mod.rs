@@ -331,6 +331,53 @@ impl Endpoint {
     }
 }
 
+/// A non-streaming body kept whole up to a limit; past it, nothing is kept (the parsers' cap on
+/// a JSON body they must read in one piece).
+#[derive(Default)]
+pub struct BoundedBody {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl BoundedBody {
+    pub fn with_limit(limit: usize) -> Self {
+        BoundedBody {
+            bytes: Vec::new(),
+            limit,
+            overflowed: false,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.bytes.len().saturating_add(chunk.len()) > self.limit {
+            self.overflowed = true;
+            self.bytes = Vec::new();
+            return;
+        }
+        self.bytes.extend_from_slice(chunk);
+    }
+
+    /// The whole body, or `None` if it outgrew the limit.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        let bytes = std::mem::take(&mut self.bytes);
+        (!self.overflowed).then_some(bytes)
+    }
+}
+
+impl std::fmt::Debug for BoundedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedBody")
+            .field("len", &self.bytes.len())
+            .field("limit", &self.limit)
+            .field("overflowed", &self.overflowed)
+            .finish()
+    }
+}
+
 /// An incremental usage parser for one response body.
 pub trait UsageParser: Send {
     /// Reads the next piece of the (decompressed) body; pieces may split anywhere, even inside

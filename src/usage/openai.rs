@@ -104,7 +104,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::sse::SseFramer;
-use super::{Flavor, OutputText, ParsedUsage, Quantities, Usage, UsageParser};
+use super::{BoundedBody, Flavor, OutputText, ParsedUsage, Quantities, Usage, UsageParser};
 
 /// Default cap on a buffered non-streaming body; a larger body yields `usage: None`.
 pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -843,9 +843,7 @@ fn trim_json_whitespace(bytes: &[u8]) -> &[u8] {
 #[derive(Debug)]
 pub struct ChatCompletionJson {
     flavor: Flavor,
-    body: Vec<u8>,
-    limit: usize,
-    overflowed: bool,
+    body: BoundedBody,
 }
 
 impl Default for ChatCompletionJson {
@@ -864,31 +862,20 @@ impl ChatCompletionJson {
     pub fn with_limit(flavor: Flavor, limit: usize) -> Self {
         ChatCompletionJson {
             flavor,
-            body: Vec::new(),
-            limit,
-            overflowed: false,
+            body: BoundedBody::with_limit(limit),
         }
     }
 }
 
 impl UsageParser for ChatCompletionJson {
     fn feed(&mut self, chunk: &[u8]) {
-        if self.overflowed {
-            return;
-        }
-        if self.body.len().saturating_add(chunk.len()) > self.limit {
-            self.overflowed = true;
-            self.body = Vec::new();
-            return;
-        }
-        self.body.extend_from_slice(chunk);
+        self.body.push(chunk);
     }
 
     fn finish(&mut self) -> ParsedUsage {
-        let body = std::mem::take(&mut self.body);
-        if self.overflowed {
+        let Some(body) = self.body.take() else {
             return ParsedUsage::default();
-        }
+        };
         let mut collector = Collector::new(self.flavor);
         collector.absorb(&body);
         // A whole completion object is final whatever its choices say.

@@ -112,7 +112,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::sse::{SseEvent, SseFramer};
-use super::{OutputText, ParsedUsage, Quantities, Usage, UsageParser};
+use super::{BoundedBody, OutputText, ParsedUsage, Quantities, Usage, UsageParser};
 
 /// Default cap on a buffered non-streaming body; a larger body yields `usage: None`.
 pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -314,52 +314,6 @@ fn parse_object<T: serde::de::DeserializeOwned>(json: &[u8]) -> Option<T> {
 
 // ---------------------------------------------------------------------------------------------
 // Buffered bodies
-
-/// A non-streaming body kept whole up to a limit; past it, nothing is kept.
-#[derive(Default)]
-struct BoundedBody {
-    bytes: Vec<u8>,
-    limit: usize,
-    overflowed: bool,
-}
-
-impl BoundedBody {
-    fn with_limit(limit: usize) -> Self {
-        BoundedBody {
-            bytes: Vec::new(),
-            limit,
-            overflowed: false,
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8]) {
-        if self.overflowed {
-            return;
-        }
-        if self.bytes.len().saturating_add(chunk.len()) > self.limit {
-            self.overflowed = true;
-            self.bytes = Vec::new();
-            return;
-        }
-        self.bytes.extend_from_slice(chunk);
-    }
-
-    /// The whole body, or `None` if it outgrew the limit.
-    fn take(&mut self) -> Option<Vec<u8>> {
-        let bytes = std::mem::take(&mut self.bytes);
-        (!self.overflowed).then_some(bytes)
-    }
-}
-
-impl std::fmt::Debug for BoundedBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoundedBody")
-            .field("len", &self.bytes.len())
-            .field("limit", &self.limit)
-            .field("overflowed", &self.overflowed)
-            .finish()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Top-level JSON scanner
