@@ -700,6 +700,10 @@ async fn https_upstream_speaks_http2_over_one_pooled_connection() {
             format!("https://{}/v1/chat/completions", upstream.addr)
         );
         assert!(!got.headers.contains_key("connection"));
+        assert!(
+            !got.headers.contains_key("host"),
+            "HTTP/2 carries the authority, not Host"
+        );
     }
     meter.stop().await;
     let rows = rows(&meter.db);

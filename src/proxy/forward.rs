@@ -1,6 +1,6 @@
 //! The forwarder: the pooled upstream client (HTTPS with rustls, HTTP/1.1 and HTTP/2 by ALPN)
 //! and the rewriting of a client request into an upstream one: hop-by-hop and `X-Meter-*`
-//! headers removed (RFC 9110 §7.6.1), `Host` set to the upstream, everything else as is.
+//! headers removed (RFC 9110 §7.6.1), `Host` taken from the upstream URI, everything else as is.
 
 use std::sync::Arc;
 
@@ -170,9 +170,10 @@ pub fn upstream_request(
     if !body.is_empty() || parts.method == http::Method::POST || parts.method == http::Method::PUT {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    let host = HeaderValue::from_str(upstream.authority.as_str())
-        .map_err(|err| ForwardError::Uri(err.into()))?;
-    headers.insert(header::HOST, host);
+    // The client's `Host` names meter. The upstream's comes from the URI: the pooled client
+    // writes it as `Host` on HTTP/1.1 and as `:authority` on HTTP/2 (where a `Host` header is
+    // discouraged, RFC 9113 §8.3.1).
+    headers.remove(header::HOST);
 
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method;
@@ -221,7 +222,11 @@ mod tests {
             "https://openrouter.ai/api/v1/chat/completions?x=1"
         );
         let headers = out.headers();
-        assert_eq!(headers["host"], "openrouter.ai");
+        assert!(
+            !headers.contains_key("host"),
+            "the client's Host is not forwarded"
+        );
+        assert_eq!(out.uri().authority().unwrap().as_str(), "openrouter.ai");
         assert_eq!(headers["authorization"], "Bearer sk");
         assert_eq!(headers["accept-encoding"], "gzip");
         assert_eq!(headers["content-length"], "2");
