@@ -286,7 +286,7 @@ pub async fn handle(
         Ok(Ok(response)) => response,
         Ok(Err(err)) => {
             let connect = err.is_connect();
-            tracing::warn!(provider = %context.provider.name, agent = %context.agent, error = %err, "upstream request failed");
+            tracing::warn!(provider = %context.provider.name, agent = %context.agent, error = %error_chain(&err), "upstream request failed");
             if connect {
                 return Ok(refuse(
                     &state,
@@ -385,6 +385,19 @@ fn rewrite_for_usage(
         return None;
     }
     rewrite::request_usage(body, inject_stream, openrouter)
+}
+
+/// An error and its causes on one line (`client error (Connect): tcp connect error: Connection
+/// refused`), for logs; never carries a request or response body.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The model named in a Gemini-style path: `.../models/<model>:generateContent`.
