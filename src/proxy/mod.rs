@@ -481,7 +481,8 @@ fn refuse(
     )
 }
 
-/// Records a call that ends in meter's own JSON error, and makes that error.
+/// Records a call that ends in meter's own JSON error, and makes that error in the shape the
+/// call's SDK understands.
 fn answer(
     state: &ProxyState,
     mut context: CallContext,
@@ -491,8 +492,92 @@ fn answer(
     message: &str,
 ) -> Response<ProxyBody> {
     context.status = status.as_u16();
+    let dialect = ErrorDialect::of(context.endpoint, context.provider.kind);
     state.recorder.record(context.into_record(None, outcome));
-    json_error(status, code, message, None)
+    provider_error(dialect, status, code, message)
+}
+
+/// Whose error format a call's client expects: the endpoint decides, the provider's `kind`
+/// where the endpoint says nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorDialect {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl ErrorDialect {
+    fn of(endpoint: Endpoint, kind: crate::config::WireKind) -> ErrorDialect {
+        use crate::config::WireKind;
+        match endpoint {
+            Endpoint::Messages => ErrorDialect::Anthropic,
+            Endpoint::GenerateContent | Endpoint::StreamGenerateContent => ErrorDialect::Gemini,
+            Endpoint::Other => match kind {
+                WireKind::Anthropic => ErrorDialect::Anthropic,
+                WireKind::Gemini => ErrorDialect::Gemini,
+                WireKind::OpenAi | WireKind::Ollama => ErrorDialect::OpenAi,
+            },
+            _ => ErrorDialect::OpenAi,
+        }
+    }
+}
+
+/// Meter's error in the provider's own format, so SDKs raise their usual error types:
+/// OpenAI `{"error": {"message", "type", "code"}}`, Anthropic
+/// `{"type": "error", "error": {"type", "message"}}`, Google
+/// `{"error": {"code", "message", "status", "details": [ErrorInfo]}}`.
+fn provider_error(
+    dialect: ErrorDialect,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> Response<ProxyBody> {
+    let prefixed = format!("meter: {message}");
+    let body = match dialect {
+        ErrorDialect::OpenAi => return json_error(status, code, message, None),
+        ErrorDialect::Anthropic => {
+            let kind = match status.as_u16() {
+                400 => "invalid_request_error",
+                403 => "permission_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                504 => "timeout_error",
+                _ => "api_error",
+            };
+            serde_json::json!({
+                "type": "error",
+                "error": { "type": kind, "message": prefixed, "meter_code": code },
+            })
+        }
+        ErrorDialect::Gemini => {
+            let google_status = match status.as_u16() {
+                400 | 413 => "INVALID_ARGUMENT",
+                403 => "PERMISSION_DENIED",
+                429 => "RESOURCE_EXHAUSTED",
+                504 => "DEADLINE_EXCEEDED",
+                _ => "UNAVAILABLE",
+            };
+            serde_json::json!({
+                "error": {
+                    "code": status.as_u16(),
+                    "message": prefixed,
+                    "status": google_status,
+                    "details": [{
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": code,
+                        "domain": "meter",
+                    }],
+                }
+            })
+        }
+    };
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn route_error(state: &ProxyState, err: RouteError) -> Response<ProxyBody> {
@@ -544,7 +629,45 @@ fn json_error(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn errors_speak_the_callers_dialect() {
+        use crate::config::WireKind;
+        let body = |response: Response<ProxyBody>| async move {
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        let openai = body(provider_error(
+            ErrorDialect::of(Endpoint::ChatCompletions, WireKind::Anthropic),
+            StatusCode::FORBIDDEN,
+            "route_refused",
+            "no",
+        ))
+        .await;
+        assert_eq!(openai["error"]["code"], "route_refused");
+        assert_eq!(openai["error"]["message"], "meter: no");
+        let anthropic = body(provider_error(
+            ErrorDialect::of(Endpoint::Messages, WireKind::OpenAi),
+            StatusCode::FORBIDDEN,
+            "route_refused",
+            "no",
+        ))
+        .await;
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "permission_error");
+        let gemini = body(provider_error(
+            ErrorDialect::of(Endpoint::Other, WireKind::Gemini),
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "slow",
+        ))
+        .await;
+        assert_eq!(gemini["error"]["code"], 504);
+        assert_eq!(gemini["error"]["status"], "DEADLINE_EXCEEDED");
+        assert_eq!(gemini["error"]["details"][0]["reason"], "upstream_timeout");
+    }
 
     #[test]
     fn gemini_model_from_path() {
