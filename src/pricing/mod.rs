@@ -353,6 +353,9 @@ pub fn parse_price_file(text: &str, layer: Layer) -> Result<Vec<RateEntry>, Stri
 #[derive(Debug, Clone, Default)]
 pub struct RateTable {
     entries: Vec<RateEntry>,
+    /// Entry positions by provider (`None` for `*`), in layer order: a lookup looks at one
+    /// provider's entries and the wildcard ones, not the whole table.
+    by_provider: std::collections::HashMap<Option<String>, Vec<usize>>,
 }
 
 impl RateTable {
@@ -360,16 +363,32 @@ impl RateTable {
     pub fn builtin() -> Result<RateTable, String> {
         let entries = parse_price_file(BUILTIN_TOML, Layer::Builtin)
             .map_err(|err| format!("built-in price table: {err}"))?;
-        Ok(RateTable { entries })
+        Ok(RateTable::new(entries))
+    }
+
+    /// A table of `entries` (any layers).
+    pub fn new(mut entries: Vec<RateEntry>) -> RateTable {
+        entries.sort_by_key(|entry| entry.layer);
+        let mut by_provider: std::collections::HashMap<Option<String>, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            by_provider
+                .entry(entry.provider.clone())
+                .or_default()
+                .push(i);
+        }
+        RateTable {
+            entries,
+            by_provider,
+        }
     }
 
     /// The table from its layers: config entries, `prices_file` entries, the built-in table.
     pub fn from_layers(config: Vec<RateEntry>, file: Vec<RateEntry>) -> Result<RateTable, String> {
-        let mut table = RateTable::builtin()?;
-        table.entries.extend(config);
-        table.entries.extend(file);
-        table.entries.sort_by_key(|entry| entry.layer);
-        Ok(table)
+        let mut entries = RateTable::builtin()?.entries;
+        entries.extend(config);
+        entries.extend(file);
+        Ok(RateTable::new(entries))
     }
 
     pub fn entries(&self) -> &[RateEntry] {
@@ -382,17 +401,23 @@ impl RateTable {
     pub fn lookup(&self, provider: &str, model: &str, date: NaiveDate) -> Option<&RateEntry> {
         let provider = provider.to_ascii_lowercase();
         let candidates = candidates(&provider, model);
+        let wildcard = self
+            .by_provider
+            .get(&None)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         for layer in [Layer::Config, Layer::File, Layer::Builtin] {
             for (candidate_provider, candidate_model) in &candidates {
-                let best = self
-                    .entries
+                let own = self
+                    .by_provider
+                    .get(&Some(candidate_provider.clone()))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                let best = own
                     .iter()
+                    .chain(wildcard)
+                    .map(|&i| &self.entries[i])
                     .filter(|e| e.layer == layer && e.effective <= date)
-                    .filter(|e| {
-                        e.provider
-                            .as_deref()
-                            .is_none_or(|p| p == candidate_provider)
-                    })
                     .filter(|e| e.model.matches(candidate_model))
                     .max_by_key(|e| (e.provider.is_some(), e.model.specificity(), e.effective));
                 if best.is_some() {

@@ -5,9 +5,7 @@ use super::*;
 /// A table of hand-picked entries (as a config layer) over an empty built-in layer, so the
 /// figures below do not move when the built-in prices do.
 fn table(text: &str) -> RateTable {
-    RateTable {
-        entries: parse_price_file(text, Layer::Config).unwrap(),
-    }
+    RateTable::new(parse_price_file(text, Layer::Config).unwrap())
 }
 
 const TABLE: &str = r#"
@@ -364,27 +362,21 @@ fn a_price_change_mid_month_prices_each_side_by_its_own_entry() {
 
 #[test]
 fn layers_decide_first_then_specificity_then_date() {
-    let mut table = table(TABLE);
     let file = parse_price_file(
         "[[price]]\nprovider = \"openai\"\nmodel = \"gpt-4o\"\neffective = \"2025-01-01\"\ninput = 1.0\noutput = 1.0\n",
         Layer::File,
     )
     .unwrap();
     // The config layer (TABLE) beats the file even with an older date...
-    table.entries.extend(file);
+    let mut entries = parse_price_file(TABLE, Layer::Config).unwrap();
+    entries.extend(file.clone());
+    let table = RateTable::new(entries);
     let entry = table
         .lookup("openai", "gpt-4o", date("2025-06-01"))
         .unwrap();
     assert_eq!(entry.layer, Layer::Config);
     // ...and a layer with nothing in force at the call's date gives way to the next.
-    let only_file = RateTable {
-        entries: table
-            .entries
-            .iter()
-            .filter(|e| e.layer == Layer::File)
-            .cloned()
-            .collect(),
-    };
+    let only_file = RateTable::new(file);
     assert!(only_file
         .lookup("openai", "gpt-4o", date("2024-12-31"))
         .is_none());
