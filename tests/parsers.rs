@@ -7,7 +7,7 @@ mod support;
 
 use meter::usage::openai::{ChatCompletionJson, ChatCompletionStream};
 use meter::usage::{Flavor, ParsedUsage, Quantities, Usage, UsageParser};
-use support::parsing::{check_fixture, fixture_bytes};
+use support::parsing::{check_fixture, fixture_bytes, run, usage_event_end};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Body {
@@ -383,24 +383,7 @@ fn expected(case: &Case) -> ParsedUsage {
 }
 
 fn parse(case: &Case, chunks: &[&[u8]]) -> ParsedUsage {
-    let mut parser = make(case);
-    for chunk in chunks {
-        parser.feed(chunk);
-    }
-    parser.finish()
-}
-
-/// Where the bytes of the last usage report end: a stream cut at or after this offset has
-/// delivered it whole and must still report it.
-fn usage_event_end(body: &[u8]) -> Option<usize> {
-    let needle = b"\"usage\":{";
-    let start = body
-        .windows(needle.len())
-        .rposition(|window| window == needle)?;
-    let line_end = body[start..]
-        .iter()
-        .position(|byte| matches!(byte, b'\r' | b'\n'))?;
-    Some(start + line_end)
+    run(&|| make(case), chunks)
 }
 
 fn check(case: &Case) {

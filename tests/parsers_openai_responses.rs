@@ -10,7 +10,7 @@ use meter::usage::openai_responses::{
     ResponsesJson, ResponsesStream, SpeechStream, TranscriptionJson, TranscriptionStream,
 };
 use meter::usage::{ParsedUsage, Quantities, Usage, UsageParser};
-use support::parsing::{check_fixture, fixture_bytes};
+use support::parsing::{check_fixture, fixture_bytes, usage_event_end};
 
 const DIR: &str = "openai_responses";
 
@@ -205,24 +205,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn run(make: Make, chunks: &[&[u8]]) -> ParsedUsage {
-    let mut parser = make();
-    for chunk in chunks {
-        parser.feed(chunk);
-    }
-    parser.finish()
-}
-
-/// Where the bytes of the last usage report end: a stream cut at or after this offset has
-/// delivered it whole and must still report it.
-fn usage_event_end(body: &[u8]) -> Option<usize> {
-    let needle = b"\"usage\":{";
-    let start = body
-        .windows(needle.len())
-        .rposition(|window| window == needle)?;
-    let line_end = body[start..]
-        .iter()
-        .position(|byte| matches!(byte, b'\r' | b'\n'))?;
-    Some(start + line_end)
+    support::parsing::run(&make, chunks)
 }
 
 fn check(case: &Case) {

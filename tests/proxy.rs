@@ -430,6 +430,20 @@ async fn upstream_errors_pass_through_and_are_recorded() {
     }
 }
 
+/// Streams a chat completion, reads its first chunk ("Hel") and hangs up.
+async fn read_first_chunk_and_hang_up(meter: &Meter) {
+    let response = client()
+        .request(post_json(
+            &meter.url("/openai/v1/chat/completions"),
+            &chat_request(true),
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, chunk("Hel").as_bytes());
+}
+
 #[tokio::test]
 async fn client_hanging_up_mid_stream_still_yields_a_row() {
     let upstream = FakeProvider::start(|_| {
@@ -441,28 +455,14 @@ async fn client_hanging_up_mid_stream_still_yields_a_row() {
     })
     .await;
     let mut meter = Meter::start(&upstream.url(), "").await;
-    let response = client()
-        .request(post_json(
-            &meter.url("/openai/v1/chat/completions"),
-            &chat_request(true),
-        ))
-        .await
-        .unwrap();
-    let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, chunk("Hel").as_bytes());
-    drop(body); // the client hangs up
+    read_first_chunk_and_hang_up(&meter).await;
     meter.stop().await;
     upstream.release(1);
     // meter closed the upstream too, so the provider stops generating (and billing).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while upstream.aborted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upstream stream was never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the upstream stream was never closed", || {
+        upstream.aborted.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
     let rows = rows(&meter.db);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].error.as_deref(), Some("client_gone"));
@@ -816,27 +816,10 @@ async fn drain_on_disconnect_reads_on_to_the_providers_usage() {
         "[upstream]\ndrain_on_disconnect = true\ndrain_on_disconnect_secs = 10\n",
     )
     .await;
-    let response = client()
-        .request(post_json(
-            &meter.url("/openai/v1/chat/completions"),
-            &chat_request(true),
-        ))
-        .await
-        .unwrap();
-    let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, chunk("Hel").as_bytes());
-    drop(body); // the client hangs up; the provider goes on
+    read_first_chunk_and_hang_up(&meter).await; // the provider goes on
     upstream.release(1);
     // The row lands once meter has read on to the usage (shutdown would cut the reading).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while rows(&meter.db).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no row after the drain"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("no row after the drain", || !rows(&meter.db).is_empty()).await;
     meter.stop().await;
     let row = &rows(&meter.db)[0];
     assert_eq!(row.error.as_deref(), Some("client_gone"));
@@ -863,23 +846,16 @@ async fn a_client_leaving_before_the_response_headers_still_yields_a_row() {
             .await
     });
     // Once the provider has the call, the client gives up before the response headers.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while upstream.requests().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never reached the provider"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the call never reached the provider", || {
+        !upstream.requests().is_empty()
+    })
+    .await;
     request.abort();
     // The row lands once meter notices the client is gone.
-    while rows(&meter.db).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no row for a call the provider received"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("no row for a call the provider received", || {
+        !rows(&meter.db).is_empty()
+    })
+    .await;
     meter.stop().await;
     let rows = rows(&meter.db);
     assert_eq!(rows.len(), 1);

@@ -514,6 +514,16 @@ pub fn rows(db: &Path) -> Vec<Row> {
     .collect()
 }
 
+/// Waits (at most 10 s, polling every 10 ms) until `done` holds; panics naming `what` if it
+/// never does. For conditions another task or process brings about.
+pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Reads a fixture file under tests/fixtures.
 pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(

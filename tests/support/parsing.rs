@@ -9,7 +9,8 @@ pub fn fixture_bytes(path: &str) -> Vec<u8> {
     super::fixture(path)
 }
 
-fn run(make: &dyn Fn() -> Box<dyn UsageParser>, chunks: &[&[u8]]) -> ParsedUsage {
+/// Feeds `chunks` to a new parser and returns what it read.
+pub fn run(make: &dyn Fn() -> Box<dyn UsageParser>, chunks: &[&[u8]]) -> ParsedUsage {
     let mut parser = make();
     for chunk in chunks {
         parser.feed(chunk);
@@ -62,4 +63,17 @@ pub fn check_fixture(
             );
         }
     }
+}
+
+/// Where the bytes of the last usage report end: a stream cut at or after this offset has
+/// delivered it whole and must still report it.
+pub fn usage_event_end(body: &[u8]) -> Option<usize> {
+    let needle = b"\"usage\":{";
+    let start = body
+        .windows(needle.len())
+        .rposition(|window| window == needle)?;
+    let line_end = body[start..]
+        .iter()
+        .position(|byte| matches!(byte, b'\r' | b'\n'))?;
+    Some(start + line_end)
 }
