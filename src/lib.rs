@@ -8,10 +8,12 @@
 //! See ARCHITECTURE.md.
 
 pub mod admin;
+pub mod alert;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod ledger;
+pub mod mail;
 pub mod metrics;
 pub mod money;
 pub mod pricing;

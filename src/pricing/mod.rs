@@ -195,6 +195,11 @@ impl ModelPattern {
     }
 }
 
+/// Whether `text` matches `pattern`: exact, or a glob where `*` matches any run and `?` one byte.
+pub fn glob_match_str(pattern: &str, text: &str) -> bool {
+    glob_match(pattern.as_bytes(), text.as_bytes())
+}
+
 /// Wildcard match without recursion: `*` matches any run, `?` one byte.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);

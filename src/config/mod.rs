@@ -3,12 +3,22 @@
 //! sees raw strings from the file.
 
 use std::collections::BTreeSet;
+
+use alerting::{
+    DEFAULT_FORECAST_MIN_ELAPSED, DEFAULT_RESERVE_OUTPUT_TOKENS, DEFAULT_SMTP_PORT,
+    DEFAULT_SMTP_RETRY_MAX_SECS, DEFAULT_SMTP_RETRY_MIN_SECS, DEFAULT_SMTP_TIMEOUT_SECS,
+};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub mod alerting;
+pub use alerting::{
+    BudgetConfig, BudgetPeriod, BudgetScope, SmtpConfig, SmtpTls, Unpriced, WeeklyConfig,
+};
 
 /// A configuration error: names the file, the key path and the reason in one line.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +218,9 @@ pub struct StoreConfig {
     pub path: PathBuf,
     pub batch_size: usize,
     pub busy_timeout: Duration,
+    /// How often budget spend is re-read from the ledger (rows written by other meters on the
+    /// same ledger, or by hand).
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +250,10 @@ pub struct Config {
     /// The `prices_file` (middle layer), loaded when it exists.
     pub prices_file: PathBuf,
     pub review: ReviewConfig,
+    pub smtp: SmtpConfig,
+    pub budgets: Vec<BudgetConfig>,
+    /// `[report.weekly]`, when set.
+    pub weekly: Option<WeeklyConfig>,
 }
 
 /// Thresholds of `meter review` (`[review]`).
@@ -325,6 +342,7 @@ const DEFAULT_MAX_REWRITE_BODY_BYTES: u64 = 4 * 1024 * 1024;
 const DEFAULT_DRAIN_ON_DISCONNECT_SECS: u64 = 120;
 const DEFAULT_BATCH_SIZE: usize = 512;
 const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_REFRESH_SECS: u64 = 10;
 const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 // Reasoning models can think for many minutes before the first byte of a non-streaming answer.
 const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 900;
@@ -344,6 +362,9 @@ struct RawConfig {
     agent: Vec<RawAgent>,
     price: Vec<crate::pricing::RawPrice>,
     review: RawReview,
+    smtp: alerting::RawSmtp,
+    budget: Vec<alerting::RawBudget>,
+    report: alerting::RawReport,
 }
 
 impl Default for RawConfig {
@@ -358,6 +379,9 @@ impl Default for RawConfig {
             agent: Vec::new(),
             price: Vec::new(),
             review: RawReview::default(),
+            smtp: alerting::RawSmtp::default(),
+            budget: Vec::new(),
+            report: alerting::RawReport::default(),
         }
     }
 }
@@ -414,6 +438,7 @@ struct RawStore {
     path: String,
     batch_size: usize,
     busy_timeout_ms: u64,
+    refresh_secs: u64,
 }
 
 impl Default for RawStore {
@@ -422,6 +447,7 @@ impl Default for RawStore {
             path: DEFAULT_DB.to_string(),
             batch_size: DEFAULT_BATCH_SIZE,
             busy_timeout_ms: DEFAULT_BUSY_TIMEOUT_MS,
+            refresh_secs: DEFAULT_REFRESH_SECS,
         }
     }
 }
@@ -645,6 +671,7 @@ impl RawConfig {
             path: PathBuf::from(&self.store.path),
             batch_size: self.store.batch_size,
             busy_timeout: Duration::from_millis(self.store.busy_timeout_ms),
+            refresh: positive_secs("store.refresh_secs", self.store.refresh_secs)?,
         };
         if !self.upstream.ca_file.is_empty() && !Path::new(&self.upstream.ca_file).is_file() {
             return Err(format!(
@@ -877,7 +904,14 @@ impl RawConfig {
             local_min_call_usd: r.local_min_call_usd,
         };
 
+        let smtp = self.smtp.validate(base)?;
+        let budgets = alerting::validate_budgets(self.budget, &agents, &providers)?;
+        let weekly = self.report.validate()?;
+
         Ok(Config {
+            smtp,
+            budgets,
+            weekly,
             timezone,
             server,
             store,
@@ -915,6 +949,8 @@ max_rewrite_body_bytes = {DEFAULT_MAX_REWRITE_BODY_BYTES}        # larger reques
 path = "{DEFAULT_DB}"                      # SQLite ledger (WAL); --db overrides it
 batch_size = {DEFAULT_BATCH_SIZE}                         # records per write transaction, at most
 busy_timeout_ms = {DEFAULT_BUSY_TIMEOUT_MS}                   # wait this long for a lock before retrying
+refresh_secs = {DEFAULT_REFRESH_SECS}                        # re-read budget spend from the ledger this often
+                                         # (calls of other meters on the same ledger)
 
 [review]                                 # thresholds of `meter review`
 min_savings_usd = 10.0                   # router spend an agent must save on a direct key per quarter
@@ -987,6 +1023,45 @@ drain_on_disconnect_secs = {DEFAULT_DRAIN_ON_DISCONNECT_SECS}            #   ...
 # input = 5.00
 # output = 15.00
 "#,
+    );
+    let _ = write!(
+        out,
+        r#"
+# Alert and report emails. The password is read from the environment variable named by
+# password_env, never from this file.
+[smtp]
+host = "127.0.0.1"
+port = {DEFAULT_SMTP_PORT}
+tls = "none"                             # none | starttls | tls (implicit TLS, usually port 465)
+username = ""                            # empty: no authentication
+password_env = "METER_SMTP_PASSWORD"
+from = "meter@localhost"
+ca_file = ""                             # extra CA certificates (PEM) for the SMTP server
+timeout_secs = {DEFAULT_SMTP_TIMEOUT_SECS}
+retry_min_secs = {DEFAULT_SMTP_RETRY_MIN_SECS}                      # a failed email is retried, backing off from this...
+retry_max_secs = {DEFAULT_SMTP_RETRY_MAX_SECS}                     #   ... to this
+
+# Budgets: spend over a period in `timezone`, for the calls in scope (every scope key set must
+# match; none set: every call). Each threshold emails once per budget per period.
+# [[budget]]
+# name = "team-monthly"
+# period = "month"                       # day | week | month | quarter
+# limit_usd = 500.0
+# agent = "coder"                        # optional scope: agent, provider, model (glob), route
+# alert_at = [0.5, 0.8, 1.0]             # fractions of the limit
+# forecast_alert = false                 # also warn when the period's forecast exceeds the limit
+# forecast_min_elapsed = {DEFAULT_FORECAST_MIN_ELAPSED}             #   ... once this share of the period has passed
+# notify = ["ops@example.com"]
+# enforce = false                        # true: once spent, calls in scope get 429, not forwarded
+# unpriced = "allow"                     # allow | block: calls meter cannot price (with enforce)
+# reserve_output_tokens = {DEFAULT_RESERVE_OUTPUT_TOKENS}           # held for a call without max_tokens while in flight
+
+# The weekly report email: last week's usage and what changed against the week before.
+# [report.weekly]
+# to = ["ops@example.com"]
+# weekday = "mon"
+# at = "09:00"                           # in `timezone`
+"#
     );
     out
 }

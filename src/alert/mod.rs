@@ -1,0 +1,2 @@
+//! Budgets and alerts.
+pub mod email;
