@@ -49,8 +49,29 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let table = config.rate_table()?;
-    let pricer = writer::Pricer::new(&config, table);
-    let (recorder, writer) = writer::open(&config.store, metrics.clone(), pricer)?;
+    let pricer = Arc::new(writer::Pricer::new(&config, table));
+    let clock = crate::clock::Clock::from_env().map_err(anyhow::Error::msg)?;
+    if clock.is_shifted() {
+        tracing::warn!(now = %clock.now(), "METER_NOW is set: meter runs on a shifted clock");
+    }
+    let budgets = Arc::new(crate::budget::Budgets::new(
+        &config.budgets,
+        config.timezone,
+        clock,
+    ));
+    let (recorder, writer) = writer::open(
+        &config.store,
+        metrics.clone(),
+        pricer.clone(),
+        budgets.clone(),
+    )?;
+    let alerter = Arc::new(crate::alert::Alerter::new(
+        writer::open_connection(&config.store.path, config.store.busy_timeout)?,
+        budgets.clone(),
+        config.weekly.clone(),
+        config.smtp.clone(),
+        metrics.clone(),
+    ));
     let client = forward::client(&config.upstream)?;
     let drains = tokio_util::task::TaskTracker::new();
     let cut_drains = tokio_util::sync::CancellationToken::new();
@@ -69,6 +90,9 @@ pub async fn run(
                 limit: config.upstream.drain_on_disconnect_timeout,
                 shutdown: cut_drains.clone(),
             }),
+        budgets: budgets.clone(),
+        pricer,
+        clock,
     });
     let admin_state = Arc::new(AdminState {
         metrics,
@@ -84,6 +108,8 @@ pub async fn run(
         stopped.clone(),
         config.server.drain_timeout,
     ));
+    let (stop_alerter, alerter_stopped) = watch::channel(false);
+    let alerter_task = (!alerter.is_idle()).then(|| tokio::spawn(alerter.run(alerter_stopped)));
     let admin_task = tokio::spawn(admin::serve(
         listeners.metrics,
         admin_state.clone(),
@@ -91,6 +117,10 @@ pub async fn run(
     ));
 
     shutdown.await;
+    let _ = stop_alerter.send(true);
+    if let Some(task) = alerter_task {
+        let _ = task.await;
+    }
     tracing::info!(
         drain_timeout_secs = config.server.drain_timeout.as_secs(),
         "shutting down: no new connections, letting calls in flight finish"

@@ -10,7 +10,9 @@
 pub mod admin;
 pub mod alert;
 pub mod app;
+pub mod budget;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod ledger;
 pub mod mail;

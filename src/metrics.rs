@@ -2,8 +2,8 @@
 //! one place from each finished [`LedgerRecord`] so that `/metrics` and the ledger agree.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::ledger::LedgerRecord;
@@ -25,7 +25,15 @@ pub struct Metrics {
     pub usage_unread_total: IntCounterVec,
     pub ledger_pending_records: IntGauge,
     pub ledger_write_errors_total: IntCounter,
+    pub budget_spend_usd: GaugeVec,
+    pub budget_limit_usd: GaugeVec,
+    pub budget_forecast_usd: GaugeVec,
+    pub alerts_sent_total: IntCounterVec,
+    pub alert_failures_total: IntCounterVec,
 }
+
+/// The `kind` label of the alert counters.
+pub const ALERT_KINDS: [&str; 4] = ["threshold", "forecast", "weekly", "test"];
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
@@ -89,6 +97,42 @@ impl Metrics {
             "meter_ledger_write_errors_total",
             "Failed ledger write attempts (each is retried).",
         )?;
+        let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["budget"]);
+        let budget_spend_usd = gauge(
+            "meter_budget_spend_usd",
+            "Spend in USD counted against the budget in its current period (calls of every meter on the ledger, as of its last read).",
+        )?;
+        let budget_limit_usd = gauge(
+            "meter_budget_limit_usd",
+            "The budget's limit in USD per period.",
+        )?;
+        let budget_forecast_usd = gauge(
+            "meter_budget_forecast_usd",
+            "The budget's spend projected linearly to the end of its period; absent until forecast_min_elapsed of the period has passed.",
+        )?;
+        let alerts_sent_total = IntCounterVec::new(
+            Opts::new(
+                "meter_alerts_sent_total",
+                "Emails sent, by kind (threshold, forecast, weekly, test).",
+            ),
+            &["kind"],
+        )?;
+        let alert_failures_total = IntCounterVec::new(
+            Opts::new(
+                "meter_alert_failures_total",
+                "Failed attempts at sending an email, by kind; each is retried with back-off.",
+            ),
+            &["kind"],
+        )?;
+        for kind in ALERT_KINDS {
+            alerts_sent_total.with_label_values(&[kind]);
+            alert_failures_total.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(budget_spend_usd.clone()))?;
+        registry.register(Box::new(budget_limit_usd.clone()))?;
+        registry.register(Box::new(budget_forecast_usd.clone()))?;
+        registry.register(Box::new(alerts_sent_total.clone()))?;
+        registry.register(Box::new(alert_failures_total.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(tokens_total.clone()))?;
         registry.register(Box::new(cost_usd_total.clone()))?;
@@ -109,6 +153,11 @@ impl Metrics {
             usage_unread_total,
             ledger_pending_records,
             ledger_write_errors_total,
+            budget_spend_usd,
+            budget_limit_usd,
+            budget_forecast_usd,
+            alerts_sent_total,
+            alert_failures_total,
         })
     }
 
@@ -159,6 +208,28 @@ impl Metrics {
             self.usage_unread_total
                 .with_label_values(&[record.provider.as_str(), record.usage_status.as_str()])
                 .inc();
+        }
+    }
+
+    /// Sets the budget gauges.
+    pub fn set_budgets(&self, views: &[crate::budget::BudgetView]) {
+        for view in views {
+            let label = [view.name.as_str()];
+            self.budget_spend_usd
+                .with_label_values(&label)
+                .set(view.spend_nanos as f64 / 1e9);
+            self.budget_limit_usd
+                .with_label_values(&label)
+                .set(view.limit_nanos as f64 / 1e9);
+            match view.forecast_nanos {
+                Some(nanos) => self
+                    .budget_forecast_usd
+                    .with_label_values(&label)
+                    .set(nanos as f64 / 1e9),
+                None => {
+                    let _ = self.budget_forecast_usd.remove_label_values(&label);
+                }
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one function per subcommand.
 
+pub mod budget;
 pub mod init;
 pub mod prices;
 pub mod report;
@@ -49,6 +50,16 @@ pub enum Command {
     Report(report::ReportArgs),
     /// The quarterly routing review: direct, router or local, with the dollars behind each
     Review(review::ReviewArgs),
+    /// Budgets: their spend, limit, forecast and the alerts sent this period
+    Budget {
+        #[command(subcommand)]
+        command: budget::BudgetCommand,
+    },
+    /// Email alerts: send a test email
+    Alert {
+        #[command(subcommand)]
+        command: budget::AlertCommand,
+    },
 }
 
 /// A failure, classified for the exit status: 2 for usage or configuration, 1 for runtime.
@@ -85,6 +96,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Reprice(args) => prices::reprice(&cli, args),
         Command::Report(args) => report::run(&cli, args),
         Command::Review(args) => review::run(&cli, args),
+        Command::Budget { command } => budget::run_budget(&cli, command),
+        Command::Alert { command } => budget::run_alert(&cli, command),
     }
 }
 

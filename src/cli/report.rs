@@ -7,7 +7,7 @@ use chrono::{NaiveDate, Utc};
 
 use super::{print, Cli, Failure};
 use crate::ledger::{query, writer};
-use crate::report::{GroupBy, Period, PeriodKind, Report};
+use crate::report::{GroupBy, Period, PeriodKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -98,27 +98,7 @@ pub fn run(cli: &Cli, args: &ReportArgs) -> Result<(), Failure> {
     }
     let conn = writer::open_connection(&config.store.path, config.store.busy_timeout)
         .map_err(|e| Failure::Runtime(e.into()))?;
-    let read = || -> rusqlite::Result<Report> {
-        let groups = query::report_groups(&conn, &period, &by)?;
-        let previous = match period.previous(tz) {
-            Some(previous) => {
-                let figures = query::period_figures(&conn, &previous)?;
-                Some((previous, figures))
-            }
-            None => None,
-        };
-        let flagged = query::flagged_models(&conn, &period)?;
-        Ok(Report::new(
-            period.clone(),
-            by.clone(),
-            groups,
-            previous,
-            flagged,
-            now,
-            tz.name().to_string(),
-        ))
-    };
-    let report = read()
+    let report = query::build_report(&conn, &period, &by, tz, now)
         .with_context(|| format!("reading {}", config.store.path.display()))
         .map_err(Failure::Runtime)?;
     let text = match args.format {

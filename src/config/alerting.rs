@@ -459,9 +459,11 @@ impl RawReport {
             "fri" | "friday" => Weekday::Fri,
             "sat" | "saturday" => Weekday::Sat,
             "sun" | "sunday" => Weekday::Sun,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "report.weekly.weekday: unknown day {other:?} (mon, tue, wed, thu, fri, sat, sun)"
-            )),
+            ))
+            }
         };
         let at = NaiveTime::parse_from_str(&weekly.at, "%H:%M").map_err(|_| {
             format!(

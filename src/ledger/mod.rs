@@ -14,7 +14,7 @@ use crate::usage::estimate::EstimateInput;
 use crate::usage::{Quantities, Usage, UsageStatus};
 
 /// One proxied call, as stored in the `usage` table (SPEC §5).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LedgerRecord {
     pub ts: DateTime<Utc>,
     pub agent: String,
@@ -48,6 +48,12 @@ pub struct LedgerRecord {
     pub estimate: Option<EstimateInput>,
     /// Priced and counted in the metrics already.
     pub observed: bool,
+    /// The budget (or `route_policy`) that refused the call, when meter refused it.
+    pub blocked_by: Option<String>,
+    /// What the call held against enforced budgets while in flight; released once it is priced.
+    pub reservation: Option<crate::budget::Reservation>,
+    /// What the record added to budgets, marked committed once the row is in the ledger.
+    pub budget_hits: Vec<crate::budget::BudgetHit>,
 }
 
 impl LedgerRecord {

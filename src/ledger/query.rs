@@ -521,3 +521,82 @@ pub fn review_groups(
     )?;
     rows.collect()
 }
+
+/// A period's calls summed per agent, provider, model and route: what budgets are made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeRow {
+    pub agent: String,
+    pub provider: String,
+    /// `(unknown)` for calls without a model.
+    pub model: String,
+    pub route: String,
+    pub requests: i64,
+    pub cost_nanos: i64,
+    /// Calls that needed a price and found none (not counted in `cost_nanos`).
+    pub unpriced: i64,
+}
+
+/// The sums of a period per agent, provider, model and route, from the hourly rollup when the
+/// period is made of whole UTC hours, else from the rows.
+pub fn scope_sums(
+    conn: &Connection,
+    period: &crate::report::Period,
+) -> rusqlite::Result<Vec<ScopeRow>> {
+    let source = Source::checked(conn, period)?;
+    let (from, to) = source.bounds();
+    let model = source.key(crate::report::GroupBy::Model);
+    let sums = match source {
+        Source::Rollup { .. } => "sum(requests), sum(cost_nanos), sum(unpriced_requests)",
+        Source::Rows { .. } => {
+            "count(*), sum(coalesce(cost_nanos, 0)), sum(cost_nanos IS NULL AND usage_status != 'missing')"
+        }
+    };
+    let sql = format!(
+        "SELECT agent, provider, {model}, route, {sums} {} GROUP BY 1, 2, 3, 4",
+        source.scope()
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement
+        .query_map(params![from, to], |row| {
+            Ok(ScopeRow {
+                agent: row.get(0)?,
+                provider: row.get(1)?,
+                model: row.get(2)?,
+                route: row.get(3)?,
+                requests: row.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                cost_nanos: row.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                unpriced: row.get::<_, Option<i64>>(6)?.unwrap_or(0),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows.into_iter().filter(|r| r.requests != 0).collect())
+}
+
+/// A whole report (SPEC §7): the period's groups, the previous period's totals, the flagged
+/// models, the forecast.
+pub fn build_report(
+    conn: &Connection,
+    period: &crate::report::Period,
+    by: &[crate::report::GroupBy],
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<crate::report::Report> {
+    let groups = report_groups(conn, period, by)?;
+    let previous = match period.previous(tz) {
+        Some(previous) => {
+            let figures = period_figures(conn, &previous)?;
+            Some((previous, figures))
+        }
+        None => None,
+    };
+    let flagged = flagged_models(conn, period)?;
+    Ok(crate::report::Report::new(
+        period.clone(),
+        by.to_vec(),
+        groups,
+        previous,
+        flagged,
+        now,
+        tz.name().to_string(),
+    ))
+}

@@ -71,8 +71,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// The schema version this build writes.
-pub const VERSION: i64 = MIGRATIONS.len() as i64 + 1;
+/// The schema version this build writes: the plain migrations, the rollup, the alerts.
+pub const VERSION: i64 = MIGRATIONS.len() as i64 + 2;
 
 /// The figures the hourly rollup keeps, as (column, expression over a `usage` row `R`).
 const ROLLUP_FIGURES: &[(&str, &str)] = &[
@@ -159,10 +159,41 @@ fn rollup_migration() -> String {
     sql
 }
 
+/// v5: calls meter refused by a budget or a route policy say which (`blocked_by`), and the
+/// alert outbox: one row per email meter owes (a budget threshold in a period, a forecast, a
+/// weekly report). Its unique key is what makes an alert go out once per period, across
+/// restarts and across meters sharing the ledger; `status`, `attempts` and `next_attempt` carry
+/// the retries while the SMTP server is down; `lease_until` keeps two meters from sending the
+/// same row at once.
+const ALERTS_MIGRATION: &str = r#"
+    ALTER TABLE usage ADD COLUMN blocked_by TEXT;
+    CREATE TABLE alert_outbox (
+        id           INTEGER PRIMARY KEY,
+        kind         TEXT    NOT NULL,
+        subject_key  TEXT    NOT NULL,
+        period       TEXT    NOT NULL,
+        detail       TEXT    NOT NULL DEFAULT '',
+        created_at   TEXT    NOT NULL,
+        recipients   TEXT    NOT NULL,
+        subject      TEXT    NOT NULL,
+        body_text    TEXT    NOT NULL,
+        body_html    TEXT    NOT NULL,
+        status       TEXT    NOT NULL DEFAULT 'pending',
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_attempt TEXT    NOT NULL,
+        lease_until  TEXT,
+        sent_at      TEXT,
+        last_error   TEXT,
+        UNIQUE (kind, subject_key, period, detail)
+    );
+    CREATE INDEX alert_outbox_due ON alert_outbox (status, next_attempt);
+"#;
+
 /// Every migration, in order.
 fn migrations() -> Vec<String> {
     let mut all: Vec<String> = MIGRATIONS.iter().map(|m| m.to_string()).collect();
     all.push(rollup_migration());
+    all.push(ALERTS_MIGRATION.to_string());
     all
 }
 

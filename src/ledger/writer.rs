@@ -15,6 +15,7 @@ use rusqlite::{params, Connection};
 use super::{format_ts, schema, LedgerRecord};
 use std::collections::{HashMap, HashSet};
 
+use crate::budget::Budgets;
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
 use crate::pricing::{ProviderPricing, RateTable};
@@ -41,6 +42,7 @@ pub struct Recorder {
     sender: mpsc::Sender<LedgerRecord>,
     metrics: Arc<Metrics>,
     pricer: Arc<Pricer>,
+    budgets: Arc<Budgets>,
 }
 
 impl Recorder {
@@ -50,7 +52,7 @@ impl Recorder {
     /// thread, off the request path.
     pub fn record(&self, mut record: LedgerRecord) {
         if record.estimate.is_none() {
-            finish(&mut record, &self.pricer, &self.metrics);
+            finish(&mut record, &self.pricer, &self.metrics, &self.budgets);
         }
         self.metrics.ledger_pending_records.inc();
         if self.sender.send(record).is_err() {
@@ -93,12 +95,15 @@ pub struct Pricer {
     warned: std::sync::Mutex<HashSet<(String, String)>>,
 }
 
-/// Resolves a record's estimate, prices it and counts it in the metrics: once per record, on
-/// the request path or on the writer thread.
-fn finish(record: &mut LedgerRecord, pricer: &Pricer, metrics: &Metrics) {
+/// Resolves a record's estimate, prices it, counts it in the metrics and its budgets, and
+/// releases what it reserved: once per record, on the request path or on the writer thread.
+fn finish(record: &mut LedgerRecord, pricer: &Pricer, metrics: &Metrics, budgets: &Budgets) {
     record.resolve_estimate();
     pricer.price(record, metrics);
     metrics.observe(record);
+    // The cost joins the budget before the reservation leaves it: no moment counts neither.
+    record.budget_hits = budgets.observe(record);
+    record.reservation = None;
     record.observed = true;
 }
 
@@ -116,15 +121,48 @@ impl Pricer {
         }
     }
 
-    fn price(&self, record: &mut LedgerRecord, metrics: &Metrics) {
-        let provider = match self.providers.get(&record.provider) {
+    fn provider(&self, name: &str) -> ProviderPricing {
+        match self.providers.get(name) {
             Some(provider) => *provider,
             None => ProviderPricing {
-                flavor: crate::usage::Flavor::detect(&record.provider, ""),
+                flavor: crate::usage::Flavor::detect(name, ""),
                 markup: 0.0,
                 local: false,
             },
+        }
+    }
+
+    /// What a call can cost at most, for budget reservations: `input_tokens` at the input
+    /// price plus `output_tokens` at the output price (markup included). `None` when the model
+    /// has no price; 0 for a free (local) model.
+    pub fn worst_case(
+        &self,
+        provider: &str,
+        model: Option<&str>,
+        date: chrono::NaiveDate,
+        input_tokens: u64,
+        output_tokens: u64,
+    ) -> Option<i64> {
+        let usage = crate::usage::Usage {
+            input_tokens,
+            output_tokens,
+            ..Default::default()
         };
+        let priced = crate::pricing::price_call(
+            &self.table,
+            provider,
+            self.provider(provider),
+            model,
+            date,
+            Some(&usage),
+            &crate::usage::Quantities::default(),
+            None,
+        );
+        priced.cost_nanos
+    }
+
+    fn price(&self, record: &mut LedgerRecord, metrics: &Metrics) {
+        let provider = self.provider(&record.provider);
         if record.price(&self.table, provider) {
             let model = record.model.clone().unwrap_or_default();
             metrics.observe_unpriced(&record.provider, &model);
@@ -141,18 +179,53 @@ impl Pricer {
 }
 
 /// Opens (creating if needed) the ledger at `config.path`, migrates it, and starts the writer.
+/// The writer's view of the budgets: they are re-read from the ledger every `refresh`.
+struct BudgetSync {
+    budgets: Arc<Budgets>,
+    refresh: Duration,
+    last: std::time::Instant,
+}
+
+impl BudgetSync {
+    /// Re-reads budget spend when it is due (never with records waiting: they come first).
+    fn due(&self) -> Option<Duration> {
+        (!self.budgets.is_empty()).then(|| self.refresh.saturating_sub(self.last.elapsed()))
+    }
+
+    fn run(&mut self, conn: &Connection) {
+        if let Err(err) = self.budgets.sync(conn) {
+            tracing::warn!(error = %err, "reading budget spend from the ledger failed; will retry");
+        }
+        self.last = std::time::Instant::now();
+    }
+}
+
+/// Opens (creating if needed) the ledger at `config.path`, migrates it, reads the budgets'
+/// spend from it, and starts the writer.
 pub fn open(
     config: &StoreConfig,
     metrics: Arc<Metrics>,
-    pricer: Pricer,
+    pricer: Arc<Pricer>,
+    budgets: Arc<Budgets>,
 ) -> Result<(Recorder, WriterHandle), LedgerError> {
     let conn = open_connection(&config.path, config.busy_timeout)?;
+    let mut sync = BudgetSync {
+        budgets: budgets.clone(),
+        refresh: config.refresh,
+        last: std::time::Instant::now(),
+    };
+    if !budgets.is_empty() {
+        // Before the first call is admitted: enforcement starts from the ledger's figures.
+        budgets.sync(&conn).map_err(|source| LedgerError::Open {
+            path: config.path.display().to_string(),
+            source,
+        })?;
+    }
     let (sender, receiver) = mpsc::channel();
     let batch_size = config.batch_size;
     let writer_metrics = metrics.clone();
     let stopping = Arc::new(AtomicBool::new(false));
     let writer_stopping = stopping.clone();
-    let pricer = Arc::new(pricer);
     let writer_pricer = pricer.clone();
     let thread = thread::Builder::new()
         .name("meter-ledger".to_string())
@@ -163,6 +236,7 @@ pub fn open(
                 batch_size,
                 &writer_metrics,
                 &writer_pricer,
+                &mut sync,
                 &writer_stopping,
             )
         })
@@ -172,6 +246,7 @@ pub fn open(
             sender,
             metrics,
             pricer,
+            budgets,
         },
         WriterHandle { thread, stopping },
     ))
@@ -208,15 +283,17 @@ fn run(
     batch_size: usize,
     metrics: &Metrics,
     pricer: &Pricer,
+    sync: &mut BudgetSync,
     stopping: &AtomicBool,
 ) -> u64 {
+    let budgets = sync.budgets.clone();
     // Records are resolved (estimate, price) and counted in the metrics as they arrive, also
     // while a failing database is being retried: the metrics keep moving, and what waits in
     // `queue` no longer holds request bodies.
     let mut queue: VecDeque<LedgerRecord> = VecDeque::new();
     let take = |mut record: LedgerRecord, queue: &mut VecDeque<LedgerRecord>| {
         if !record.observed {
-            finish(&mut record, pricer, metrics);
+            finish(&mut record, pricer, metrics, &budgets);
         }
         queue.push_back(record);
     };
@@ -228,10 +305,21 @@ fn run(
             if !connected {
                 return 0;
             }
-            // `recv` fails only when every Recorder is gone and nothing is queued.
-            match receiver.recv() {
-                Ok(record) => take(record, &mut queue),
-                Err(_) => return 0,
+            // `recv` fails only when every Recorder is gone and nothing is queued. While idle,
+            // budgets are re-read from the ledger when due.
+            match sync.due() {
+                None => match receiver.recv() {
+                    Ok(record) => take(record, &mut queue),
+                    Err(_) => return 0,
+                },
+                Some(wait) => match receiver.recv_timeout(wait) {
+                    Ok(record) => take(record, &mut queue),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        sync.run(&conn);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return 0,
+                },
             }
         }
         while connected {
@@ -245,9 +333,18 @@ fn run(
         let batch = queue.make_contiguous();
         match write_batch(&mut conn, &batch[..count]) {
             Ok(()) => {
-                queue.drain(..count);
+                budgets.committed(
+                    queue
+                        .drain(..count)
+                        .flat_map(|r| r.budget_hits)
+                        .collect::<Vec<_>>()
+                        .iter(),
+                );
                 metrics.ledger_pending_records.sub(count as i64);
                 backoff = Duration::from_millis(50);
+                if sync.due().is_some_and(|wait| wait.is_zero()) {
+                    sync.run(&conn);
+                }
             }
             Err(err) if is_transient(&err) => {
                 metrics.ledger_write_errors_total.inc();
@@ -291,6 +388,7 @@ fn run(
                 for record in &batch[..count] {
                     if write_batch(&mut conn, std::slice::from_ref(record)).is_ok() {
                         written += 1;
+                        budgets.committed(&record.budget_hits);
                     } else {
                         metrics.ledger_write_errors_total.inc();
                     }
@@ -335,10 +433,10 @@ fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Resul
                 output_tokens, reasoning_tokens, cost_usd, cost_source, price_id, usage_status,
                 latency_ms, ttft_ms, key_fingerprint, request_id, tags, error, images, image_size,
                 image_quality, audio_input_tokens, audio_output_tokens, audio_seconds,
-                web_search_calls, cost_nanos, reported_cost_nanos, table_cost_nanos)
+                web_search_calls, cost_nanos, reported_cost_nanos, table_cost_nanos, blocked_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33,
-                ?34)",
+                ?34, ?35)",
         )?;
         for record in batch {
             let usage = &record.usage;
@@ -381,6 +479,7 @@ fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Resul
                 record.cost_nanos,
                 record.reported_cost_nanos,
                 record.table_cost_nanos,
+                record.blocked_by,
             ])?;
         }
     }

@@ -45,6 +45,10 @@ pub struct CallContext {
     /// The request body, when small enough, in case usage must be estimated.
     pub request_body: Option<bytes::Bytes>,
     pub request_len: u64,
+    /// Set when meter refuses the call: the budget's name, or `route_policy`.
+    pub blocked_by: Option<String>,
+    /// Held against enforced budgets while the call is in flight.
+    pub reservation: Option<crate::budget::Reservation>,
 }
 
 impl std::fmt::Debug for CallContext {
@@ -147,6 +151,9 @@ impl CallContext {
             error,
             estimate,
             observed: false,
+            blocked_by: self.blocked_by,
+            reservation: self.reservation,
+            budget_hits: Vec::new(),
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct ProxyState {
     pub max_rewrite_body_bytes: u64,
     /// Tracks the tasks that read on after a client hung up (`upstream.drain_on_disconnect`).
     pub drain_on_disconnect: Option<tee::Drain>,
+    pub budgets: Arc<crate::budget::Budgets>,
+    /// Prices a call's worst case for budget reservations.
+    pub pricer: Arc<crate::ledger::writer::Pricer>,
+    pub clock: crate::clock::Clock,
 }
 
 /// Serves the proxy on `listener` until `shutdown` turns true, then lets in-flight calls finish
@@ -120,7 +124,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let ts = chrono::Utc::now();
+    let ts = state.clock.now();
     let path = request.uri().path().to_string();
     let query = request.uri().query().map(str::to_string);
     let target = match state
@@ -155,6 +159,8 @@ pub async fn handle(
         facts: RequestFacts::default(),
         request_body: None,
         request_len: 0,
+        blocked_by: None,
+        reservation: None,
     };
     if !allowed {
         let message = format!(
@@ -162,6 +168,7 @@ pub async fn handle(
             context.agent,
             context.provider.route.as_str()
         );
+        context.blocked_by = Some("route_policy".to_string());
         return Ok(refuse(
             &state,
             context,
@@ -210,6 +217,11 @@ pub async fn handle(
     context.streaming = context.facts.stream.unwrap_or(native_ollama)
         || endpoint == Endpoint::StreamGenerateContent;
     context.keep_request(&body);
+    if context.billable && state.budgets.any_enforced() {
+        if let Err(blocked) = admit(&state, &mut context) {
+            return Ok(over_budget(&state, context, blocked));
+        }
+    }
 
     // Ask for the usage the client did not ask for (issue 3): stream usage on OpenAI-format
     // streams, and OpenRouter's cost.
@@ -364,6 +376,76 @@ pub async fn handle(
         },
     );
     Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// Checks the call against enforced budgets; on success the call holds its reservation.
+fn admit(state: &ProxyState, context: &mut CallContext) -> Result<(), crate::budget::Blocked> {
+    let model = context.facts.model.as_deref();
+    let scope = crate::budget::CallScope {
+        agent: &context.agent,
+        provider: &context.provider.name,
+        route: context.provider.route.as_str(),
+        model: model
+            .filter(|m| !m.is_empty())
+            .unwrap_or(crate::budget::UNKNOWN_MODEL),
+    };
+    // The prompt at about four bytes a token (the request's JSON framing makes this an
+    // over-estimate for text), plus the output cap or the budget's default.
+    let input_tokens = context.request_len.div_ceil(4);
+    let cap = context.facts.max_output_tokens;
+    let date = context.ts.date_naive();
+    let pricer = &state.pricer;
+    let provider = &context.provider.name;
+    let reservation = state.budgets.admit(scope, |default_output| {
+        pricer.worst_case(
+            provider,
+            model,
+            date,
+            input_tokens,
+            cap.unwrap_or(default_output),
+        )
+    })?;
+    context.reservation = reservation;
+    Ok(())
+}
+
+/// 429 for a call an enforced budget refuses, in the caller's error format, recorded as blocked.
+fn over_budget(
+    state: &ProxyState,
+    mut context: CallContext,
+    blocked: crate::budget::Blocked,
+) -> Response<ProxyBody> {
+    let end = blocked
+        .period_end
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let message = match blocked.reason {
+        crate::budget::BlockReason::Spent => format!(
+            "budget {:?} is spent for {}: {} of {} (with calls in flight); calls in its scope are refused until {end}",
+            blocked.budget,
+            blocked.period_label,
+            crate::money::format_usd(blocked.spend_nanos),
+            crate::money::format_usd(blocked.limit_nanos),
+        ),
+        crate::budget::BlockReason::Unpriced => format!(
+            "budget {:?} refuses calls meter cannot price (unpriced = \"block\"), and model {:?} of provider {:?} has no price",
+            blocked.budget,
+            context.facts.model.as_deref().unwrap_or(""),
+            context.provider.name,
+        ),
+    };
+    context.blocked_by = Some(blocked.budget);
+    let mut response = refuse(
+        state,
+        context,
+        StatusCode::TOO_MANY_REQUESTS,
+        "budget_exceeded",
+        &message,
+    );
+    // Stainless-generated SDKs (OpenAI, Anthropic) honour this and do not retry a hard stop.
+    response
+        .headers_mut()
+        .insert("x-should-retry", HeaderValue::from_static("false"));
+    response
 }
 
 /// The rewritten request body when meter must ask for usage, else `None` (forwarded as is).

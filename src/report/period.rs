@@ -6,6 +6,7 @@ use chrono_tz::Tz;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeriodKind {
+    Day,
     Week,
     Month,
     Quarter,
@@ -15,6 +16,7 @@ pub enum PeriodKind {
 impl PeriodKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            PeriodKind::Day => "day",
             PeriodKind::Week => "week",
             PeriodKind::Month => "month",
             PeriodKind::Quarter => "quarter",
@@ -65,6 +67,11 @@ impl Period {
             first_day: first,
             last_day: last,
         }
+    }
+
+    /// One local day (budgets with `period = "day"`).
+    pub fn day(day: NaiveDate, tz: Tz) -> Period {
+        Period::from_days(PeriodKind::Day, day.to_string(), day, day, tz)
     }
 
     pub fn week(year: i32, week: u32, tz: Tz) -> Option<Period> {
@@ -131,6 +138,7 @@ impl Period {
     pub fn current(kind: PeriodKind, now: DateTime<Utc>, tz: Tz) -> Option<Period> {
         let today = now.with_timezone(&tz).date_naive();
         match kind {
+            PeriodKind::Day => Some(Period::day(today, tz)),
             PeriodKind::Week => {
                 let iso = today.iso_week();
                 Period::week(iso.year(), iso.week(), tz)
@@ -145,6 +153,9 @@ impl Period {
     pub fn parse(kind: PeriodKind, text: &str, tz: Tz) -> Option<Period> {
         let text = text.trim();
         match kind {
+            PeriodKind::Day => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .map(|day| Period::day(day, tz)),
             PeriodKind::Week => {
                 let (year, week) = text.split_once("-W").or_else(|| text.split_once("-w"))?;
                 Period::week(year.parse().ok()?, week.parse().ok()?, tz)
@@ -166,6 +177,7 @@ impl Period {
     pub fn previous(&self, tz: Tz) -> Option<Period> {
         let day_before = self.first_day.pred_opt()?;
         match self.kind {
+            PeriodKind::Day => Some(Period::day(day_before, tz)),
             PeriodKind::Week => {
                 let iso = day_before.iso_week();
                 Period::week(iso.year(), iso.week(), tz)

@@ -1,0 +1,426 @@
+//! Budgets in memory: each `[[budget]]`'s spend in its current period, kept current as calls
+//! are recorded (no ledger scan per request), and the reservations of the calls in flight that
+//! enforcement counts against it.
+//!
+//! Spend = `base + observed`: `observed` is what this process recorded in the period;
+//! `base` is the ledger's figure at the last snapshot minus this process's own rows already in
+//! it (`committed`). The writer thread takes snapshots between its commits (on its own
+//! connection), so a snapshot and `committed` always agree; rows written by other meters on the
+//! same ledger, or inserted by hand, show up at the next snapshot (`store.refresh_secs`).
+//!
+//! Enforcement (`enforce = true`): a call in scope is let through while the budget's spend
+//! plus the reservations of the calls already in flight is below the limit; it then holds a
+//! reservation of its worst-case cost until its record is priced. A burst can therefore spend
+//! past the limit by at most one call's worth.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use crate::clock::Clock;
+use crate::config::{BudgetConfig, BudgetPeriod, Unpriced};
+use crate::ledger::query::ScopeRow;
+use crate::ledger::LedgerRecord;
+use crate::report::{Period, PeriodKind};
+use crate::usage::UsageStatus;
+
+/// Every configured budget.
+pub struct Budgets {
+    tz: Tz,
+    clock: Clock,
+    items: Vec<Budget>,
+    enforced: bool,
+}
+
+struct Budget {
+    config: BudgetConfig,
+    live: Mutex<Live>,
+}
+
+/// A budget's figures in its current period.
+#[derive(Debug)]
+struct Live {
+    period: Period,
+    base_nanos: i64,
+    base_unpriced: i64,
+    observed_nanos: i64,
+    observed_unpriced: i64,
+    committed_nanos: i64,
+    committed_unpriced: i64,
+    reserved_nanos: i64,
+    in_flight: u64,
+    /// A snapshot of the ledger was taken in this period.
+    synced: bool,
+}
+
+impl Live {
+    fn new(period: Period) -> Live {
+        Live {
+            period,
+            base_nanos: 0,
+            base_unpriced: 0,
+            observed_nanos: 0,
+            observed_unpriced: 0,
+            committed_nanos: 0,
+            committed_unpriced: 0,
+            reserved_nanos: 0,
+            in_flight: 0,
+            synced: false,
+        }
+    }
+
+    fn spend(&self) -> i64 {
+        self.base_nanos + self.observed_nanos
+    }
+
+    fn unpriced(&self) -> u64 {
+        (self.base_unpriced + self.observed_unpriced).max(0) as u64
+    }
+}
+
+/// A budget as the alerter, the gauges and `meter budget status` see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetView {
+    pub name: String,
+    pub period: Period,
+    pub spend_nanos: i64,
+    pub limit_nanos: i64,
+    pub reserved_nanos: i64,
+    pub in_flight: u64,
+    pub unpriced_calls: u64,
+    /// The spend projected to the period's end, once `forecast_min_elapsed` of it has passed.
+    pub forecast_nanos: Option<i64>,
+    /// The ledger has been read for this period (alerts wait for it).
+    pub synced: bool,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockReason {
+    /// The budget's spend plus the calls in flight reached the limit.
+    Spent,
+    /// The call cannot be priced and the budget says `unpriced = "block"`.
+    Unpriced,
+}
+
+/// A refusal: which budget, and its figures when it refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    pub budget: String,
+    pub reason: BlockReason,
+    pub spend_nanos: i64,
+    pub limit_nanos: i64,
+    pub period_label: String,
+    pub period_end: DateTime<Utc>,
+}
+
+/// The call being admitted, as budgets scope it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallScope<'a> {
+    pub agent: &'a str,
+    pub provider: &'a str,
+    pub route: &'a str,
+    pub model: &'a str,
+}
+
+/// What a call in flight holds against enforced budgets; released when dropped (once its
+/// record is priced, or however the call ends).
+pub struct Reservation {
+    budgets: Arc<Budgets>,
+    taken: Vec<(usize, i64)>,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("taken", &self.taken)
+            .finish()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for (index, nanos) in self.taken.drain(..) {
+            let mut live = self.budgets.lock(index);
+            live.reserved_nanos -= nanos;
+            live.in_flight = live.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// What a record added to a budget, so the writer can mark it committed once it is in the
+/// ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetHit {
+    index: usize,
+    period_start: DateTime<Utc>,
+    nanos: i64,
+    unpriced: i64,
+}
+
+/// The local model name the ledger's rollup uses for a call without one.
+pub const UNKNOWN_MODEL: &str = "(unknown)";
+
+pub fn period_kind(period: BudgetPeriod) -> PeriodKind {
+    match period {
+        BudgetPeriod::Day => PeriodKind::Day,
+        BudgetPeriod::Week => PeriodKind::Week,
+        BudgetPeriod::Month => PeriodKind::Month,
+        BudgetPeriod::Quarter => PeriodKind::Quarter,
+    }
+}
+
+/// The budget's period containing `now`.
+pub fn current_period(period: BudgetPeriod, now: DateTime<Utc>, tz: Tz) -> Period {
+    Period::current(period_kind(period), now, tz)
+        .unwrap_or_else(|| Period::day(now.date_naive(), tz))
+}
+
+/// A budget's spend and unpriced calls in a period, from the ledger's sums.
+pub fn spend_in(config: &BudgetConfig, rows: &[ScopeRow]) -> (i64, i64) {
+    rows.iter()
+        .filter(|r| {
+            config
+                .scope
+                .matches(&r.agent, &r.provider, &r.model, &r.route)
+        })
+        .fold((0, 0), |(nanos, unpriced), r| {
+            (nanos + r.cost_nanos, unpriced + r.unpriced)
+        })
+}
+
+/// The forecast of a period's spend at its end, once `min_elapsed` of it has passed.
+pub fn forecast(spend: i64, period: &Period, now: DateTime<Utc>, min_elapsed: f64) -> Option<i64> {
+    if !period.is_open(now) {
+        return None;
+    }
+    let elapsed = period.elapsed_fraction(now);
+    (elapsed >= min_elapsed.max(1e-6)).then(|| (spend as f64 / elapsed).round() as i64)
+}
+
+impl Budgets {
+    pub fn new(budgets: &[BudgetConfig], tz: Tz, clock: Clock) -> Budgets {
+        let now = clock.now();
+        Budgets {
+            tz,
+            clock,
+            enforced: budgets.iter().any(|b| b.enforce),
+            items: budgets
+                .iter()
+                .map(|config| Budget {
+                    live: Mutex::new(Live::new(current_period(config.period, now, tz))),
+                    config: config.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether any budget refuses calls (else admission is skipped).
+    pub fn any_enforced(&self) -> bool {
+        self.enforced
+    }
+
+    pub fn configs(&self) -> impl Iterator<Item = &BudgetConfig> {
+        self.items.iter().map(|b| &b.config)
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+
+    /// The budget's live figures, moved to the current period if it ended.
+    fn lock(&self, index: usize) -> MutexGuard<'_, Live> {
+        let mut live = self.items[index]
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = self.clock.now();
+        if now >= live.period.end || now < live.period.start {
+            let reserved = live.reserved_nanos;
+            let in_flight = live.in_flight;
+            *live = Live::new(current_period(
+                self.items[index].config.period,
+                now,
+                self.tz,
+            ));
+            // Calls in flight keep their reservations into the new period.
+            live.reserved_nanos = reserved;
+            live.in_flight = in_flight;
+        }
+        live
+    }
+
+    /// Decides whether a call may go out. `worst_case(output_tokens)` prices the call at its
+    /// worst (`None`: it cannot be priced); it is asked only when an enforced budget is in
+    /// scope, with the budget's `reserve_output_tokens` for calls that set no output cap.
+    pub fn admit(
+        self: &Arc<Self>,
+        call: CallScope<'_>,
+        mut worst_case: impl FnMut(u64) -> Option<i64>,
+    ) -> Result<Option<Reservation>, Blocked> {
+        if !self.enforced {
+            return Ok(None);
+        }
+        let mut reservation = Reservation {
+            budgets: self.clone(),
+            taken: Vec::new(),
+        };
+        let mut priced: Option<(u64, Option<i64>)> = None;
+        for (index, budget) in self.items.iter().enumerate() {
+            let config = &budget.config;
+            if !config.enforce
+                || !config
+                    .scope
+                    .matches(call.agent, call.provider, call.model, call.route)
+            {
+                continue;
+            }
+            let cost = match priced {
+                Some((tokens, cost)) if tokens == config.reserve_output_tokens => cost,
+                _ => {
+                    let cost = worst_case(config.reserve_output_tokens);
+                    priced = Some((config.reserve_output_tokens, cost));
+                    cost
+                }
+            };
+            let mut live = self.lock(index);
+            let blocked = |reason| Blocked {
+                budget: config.name.clone(),
+                reason,
+                spend_nanos: live.spend(),
+                limit_nanos: config.limit_nanos,
+                period_label: live.period.label.clone(),
+                period_end: live.period.end,
+            };
+            match cost {
+                None if config.unpriced == Unpriced::Block => {
+                    return Err(blocked(BlockReason::Unpriced));
+                }
+                // Unpriced and allowed, or free (a local model): never blocked by money.
+                None | Some(0) => {}
+                Some(nanos) => {
+                    if live.spend() + live.reserved_nanos >= config.limit_nanos {
+                        // Dropping `reservation` releases what earlier budgets reserved.
+                        return Err(blocked(BlockReason::Spent));
+                    }
+                    live.reserved_nanos += nanos;
+                    live.in_flight += 1;
+                    drop(live);
+                    reservation.taken.push((index, nanos));
+                }
+            }
+        }
+        Ok((!reservation.taken.is_empty()).then_some(reservation))
+    }
+
+    /// Adds a priced record to the budgets it falls in; returns what it added, for
+    /// [`Budgets::committed`].
+    pub fn observe(&self, record: &LedgerRecord) -> Vec<BudgetHit> {
+        let mut hits = Vec::new();
+        if self.items.is_empty() {
+            return hits;
+        }
+        let model = record
+            .model
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .unwrap_or(UNKNOWN_MODEL);
+        let unpriced =
+            i64::from(record.cost_nanos.is_none() && record.usage_status != UsageStatus::Missing);
+        let nanos = record.cost_nanos.unwrap_or(0);
+        if nanos == 0 && unpriced == 0 {
+            return hits;
+        }
+        for (index, budget) in self.items.iter().enumerate() {
+            if !budget
+                .config
+                .scope
+                .matches(&record.agent, &record.provider, model, record.route)
+            {
+                continue;
+            }
+            let mut live = self.lock(index);
+            if record.ts < live.period.start || record.ts >= live.period.end {
+                continue;
+            }
+            live.observed_nanos += nanos;
+            live.observed_unpriced += unpriced;
+            hits.push(BudgetHit {
+                index,
+                period_start: live.period.start,
+                nanos,
+                unpriced,
+            });
+        }
+        hits
+    }
+
+    /// Marks records' budget figures as being in the ledger (the writer calls it after each
+    /// commit, on the thread that takes snapshots).
+    pub fn committed<'a>(&self, hits: impl IntoIterator<Item = &'a BudgetHit>) {
+        for hit in hits {
+            let mut live = self.lock(hit.index);
+            if live.period.start == hit.period_start {
+                live.committed_nanos += hit.nanos;
+                live.committed_unpriced += hit.unpriced;
+            }
+        }
+    }
+
+    /// Re-reads every budget's spend from the ledger. Must run where no commit can happen
+    /// concurrently (the writer thread, or before it starts).
+    pub fn sync(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+        let mut read: Vec<(Period, Vec<ScopeRow>)> = Vec::new();
+        for index in 0..self.items.len() {
+            let period = self.lock(index).period.clone();
+            let rows = match read.iter().position(|(p, _)| *p == period) {
+                Some(i) => &read[i].1,
+                None => {
+                    let rows = crate::ledger::query::scope_sums(conn, &period)?;
+                    read.push((period.clone(), rows));
+                    &read[read.len() - 1].1
+                }
+            };
+            let (nanos, unpriced) = spend_in(&self.items[index].config, rows);
+            let mut live = self.lock(index);
+            if live.period == period {
+                live.base_nanos = nanos - live.committed_nanos;
+                live.base_unpriced = unpriced - live.committed_unpriced;
+                live.synced = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every budget's figures now.
+    pub fn views(&self) -> Vec<BudgetView> {
+        let now = self.clock.now();
+        (0..self.items.len())
+            .map(|index| {
+                let config = &self.items[index].config;
+                let live = self.lock(index);
+                let spend = live.spend();
+                BudgetView {
+                    name: config.name.clone(),
+                    forecast_nanos: forecast(spend, &live.period, now, config.forecast_min_elapsed),
+                    period: live.period.clone(),
+                    spend_nanos: spend,
+                    limit_nanos: config.limit_nanos,
+                    reserved_nanos: live.reserved_nanos,
+                    in_flight: live.in_flight,
+                    unpriced_calls: live.unpriced(),
+                    synced: live.synced,
+                }
+            })
+            .collect()
+    }
+}
