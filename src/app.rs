@@ -47,10 +47,20 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let clock = crate::clock::Clock::from_env().map_err(anyhow::Error::msg)?;
+    run_at(config, listeners, shutdown, clock).await
+}
+
+/// [`run`] on a given clock (tests, and `METER_NOW`).
+pub async fn run_at(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    clock: crate::clock::Clock,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let table = config.rate_table()?;
     let pricer = Arc::new(writer::Pricer::new(&config, table));
-    let clock = crate::clock::Clock::from_env().map_err(anyhow::Error::msg)?;
     if clock.is_shifted() {
         tracing::warn!(now = %clock.now(), "METER_NOW is set: meter runs on a shifted clock");
     }

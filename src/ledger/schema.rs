@@ -210,24 +210,39 @@ pub enum SchemaError {
     Read(rusqlite::Error),
 }
 
-/// Brings the schema up to [`VERSION`], one transaction per migration.
+/// Brings the schema up to [`VERSION`], one transaction per migration. Each step takes the
+/// write lock first (`BEGIN IMMEDIATE`) and reads the version under it, so meters starting at
+/// once on one ledger migrate it once between them.
 pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
-    let found: i64 = conn
+    // Up to date: no write lock needed (a read-only ledger can still be reported on).
+    let current: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(SchemaError::Read)?;
-    if found > VERSION {
-        return Err(SchemaError::TooNew { found });
+    if current == VERSION {
+        return Ok(());
     }
-    for (index, sql) in migrations().iter().enumerate().skip(found as usize) {
-        let version = index as i64 + 1;
+    let all = migrations();
+    loop {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(SchemaError::Read)?;
+        let found: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(SchemaError::Read)?;
+        if found > VERSION {
+            return Err(SchemaError::TooNew { found });
+        }
+        let Some(sql) = all.get(found as usize) else {
+            tx.commit().map_err(SchemaError::Read)?;
+            return Ok(());
+        };
+        let version = found + 1;
         let wrap = |source| SchemaError::Migration { version, source };
-        let tx = conn.transaction().map_err(wrap)?;
         tx.execute_batch(sql).map_err(wrap)?;
         tx.pragma_update(None, "user_version", version)
             .map_err(wrap)?;
         tx.commit().map_err(wrap)?;
     }
-    Ok(())
 }
 
 #[cfg(test)]
