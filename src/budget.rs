@@ -239,11 +239,14 @@ impl Budgets {
 
     /// The budget's live figures, moved to the current period if it ended.
     fn lock(&self, index: usize) -> MutexGuard<'_, Live> {
+        self.lock_at(index, self.clock.now())
+    }
+
+    fn lock_at(&self, index: usize, now: DateTime<Utc>) -> MutexGuard<'_, Live> {
         let mut live = self.items[index]
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = self.clock.now();
         if now >= live.period.end || now < live.period.start {
             let reserved = live.reserved_nanos;
             let in_flight = live.in_flight;
@@ -275,6 +278,7 @@ impl Budgets {
             taken: Vec::new(),
         };
         let mut priced: Option<(u64, Option<i64>)> = None;
+        let now = self.clock.now();
         for (index, budget) in self.items.iter().enumerate() {
             let config = &budget.config;
             if !config.enforce
@@ -292,7 +296,7 @@ impl Budgets {
                     cost
                 }
             };
-            let mut live = self.lock(index);
+            let mut live = self.lock_at(index, now);
             let blocked = |reason| Blocked {
                 budget: config.name.clone(),
                 reason,
@@ -340,6 +344,7 @@ impl Budgets {
         if nanos == 0 && unpriced == 0 {
             return hits;
         }
+        let now = self.clock.now();
         for (index, budget) in self.items.iter().enumerate() {
             if !budget
                 .config
@@ -348,7 +353,7 @@ impl Budgets {
             {
                 continue;
             }
-            let mut live = self.lock(index);
+            let mut live = self.lock_at(index, now);
             if record.ts < live.period.start || record.ts >= live.period.end {
                 continue;
             }
@@ -422,5 +427,196 @@ impl Budgets {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn budgets(toml: &str, now: &str) -> Arc<Budgets> {
+        let config = crate::config::Config::from_toml(toml, "t.toml").unwrap();
+        Arc::new(Budgets::new(
+            &config.budgets,
+            config.timezone,
+            Clock::starting_at(at(now)),
+        ))
+    }
+
+    fn scope<'a>(agent: &'a str, model: &'a str) -> CallScope<'a> {
+        CallScope {
+            agent,
+            provider: "openai",
+            route: "direct",
+            model,
+        }
+    }
+
+    fn record(ts: DateTime<Utc>, agent: &str, cost: Option<i64>) -> LedgerRecord {
+        let mut record = LedgerRecord::new(ts, agent, "openai", "direct");
+        record.model = Some("gpt-4o".to_string());
+        record.cost_nanos = cost;
+        record
+    }
+
+    const ENFORCED: &str = "[[budget]]\nname = \"b\"\nperiod = \"month\"\nlimit_usd = 10.0\nagent = \"a\"\nenforce = true\n";
+
+    #[test]
+    fn reservations_fill_the_budget_and_are_released_on_drop() {
+        let budgets = budgets(ENFORCED, "2026-11-25T12:00:00Z");
+        let two = |_: u64| Some(2_000_000_000);
+        let held: Vec<Reservation> = (0..5)
+            .map(|_| budgets.admit(scope("a", "gpt-4o"), two).unwrap().unwrap())
+            .collect();
+        let blocked = budgets.admit(scope("a", "gpt-4o"), two).unwrap_err();
+        assert_eq!(blocked.reason, BlockReason::Spent);
+        assert_eq!(blocked.budget, "b");
+        assert_eq!(budgets.views()[0].reserved_nanos, 10_000_000_000);
+        assert_eq!(budgets.views()[0].in_flight, 5);
+        // Out of scope: untouched, and no reservation taken.
+        assert!(budgets
+            .admit(scope("other", "gpt-4o"), two)
+            .unwrap()
+            .is_none());
+        drop(held);
+        assert_eq!(budgets.views()[0].reserved_nanos, 0);
+        assert_eq!(budgets.views()[0].in_flight, 0);
+        assert!(budgets.admit(scope("a", "gpt-4o"), two).unwrap().is_some());
+    }
+
+    #[test]
+    fn free_calls_pass_and_unpriced_ones_follow_the_setting() {
+        let budgets = budgets(
+            &format!("{ENFORCED}\n[[budget]]\nname = \"strict\"\nperiod = \"day\"\nlimit_usd = 1.0\nagent = \"s\"\nenforce = true\nunpriced = \"block\"\n"),
+            "2026-11-25T12:00:00Z",
+        );
+        // Spend the first budget entirely.
+        let observed = budgets.observe(&record(
+            at("2026-11-25T11:00:00Z"),
+            "a",
+            Some(10_000_000_000),
+        ));
+        assert_eq!(observed.len(), 1);
+        assert_eq!(budgets.views()[0].spend_nanos, 10_000_000_000);
+        assert!(budgets.admit(scope("a", "gpt-4o"), |_| Some(1)).is_err());
+        // A free (local) call is never blocked by money; an unpriced one is allowed here.
+        assert!(budgets
+            .admit(scope("a", "llama3"), |_| Some(0))
+            .unwrap()
+            .is_none());
+        assert!(budgets
+            .admit(scope("a", "mystery"), |_| None)
+            .unwrap()
+            .is_none());
+        let refused = budgets.admit(scope("s", "mystery"), |_| None).unwrap_err();
+        assert_eq!(refused.reason, BlockReason::Unpriced);
+        assert_eq!(refused.budget, "strict");
+    }
+
+    #[test]
+    fn the_output_reserve_is_the_budgets_when_the_call_sets_none() {
+        let budgets = budgets(
+            "[[budget]]\nname = \"b\"\nperiod = \"month\"\nlimit_usd = 10.0\nenforce = true\nreserve_output_tokens = 777\n",
+            "2026-11-25T12:00:00Z",
+        );
+        let mut asked = Vec::new();
+        let _held = budgets
+            .admit(scope("a", "m"), |tokens| {
+                asked.push(tokens);
+                Some(1)
+            })
+            .unwrap();
+        assert_eq!(asked, [777]);
+    }
+
+    #[test]
+    fn snapshots_and_commits_never_count_a_call_twice() {
+        let budgets = budgets(
+            "[[budget]]\nname = \"b\"\nperiod = \"month\"\nlimit_usd = 100.0\n",
+            "2026-11-25T12:00:00Z",
+        );
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::ledger::schema::migrate(&mut conn).unwrap();
+        // Another meter's call, already in the ledger.
+        conn.execute(
+            "INSERT INTO usage (ts, agent, provider, route, model, status, cost_nanos) VALUES ('2026-11-20T10:00:00.000Z', 'x', 'openai', 'direct', 'gpt-4o', 200, 5)",
+            [],
+        )
+        .unwrap();
+        budgets.sync(&conn).unwrap();
+        assert_eq!(budgets.views()[0].spend_nanos, 5);
+        assert!(budgets.views()[0].synced);
+        // This meter's call: counted at once, before it is written.
+        let hits = budgets.observe(&record(at("2026-11-25T11:00:00Z"), "a", Some(7)));
+        assert_eq!(budgets.views()[0].spend_nanos, 12);
+        budgets.sync(&conn).unwrap();
+        assert_eq!(budgets.views()[0].spend_nanos, 12, "not yet in the ledger");
+        // Written, then committed, then re-read: still 12.
+        conn.execute(
+            "INSERT INTO usage (ts, agent, provider, route, model, status, cost_nanos) VALUES ('2026-11-25T11:00:00.000Z', 'a', 'openai', 'direct', 'gpt-4o', 200, 7)",
+            [],
+        )
+        .unwrap();
+        budgets.committed(&hits);
+        budgets.sync(&conn).unwrap();
+        assert_eq!(budgets.views()[0].spend_nanos, 12);
+        // A call of the previous month is not this month's spend.
+        assert!(budgets
+            .observe(&record(at("2026-10-31T23:00:00Z"), "a", Some(1_000)))
+            .is_empty());
+        // Unpriced calls are counted apart.
+        budgets.observe(&record(at("2026-11-25T11:00:00Z"), "a", None));
+        assert_eq!(budgets.views()[0].unpriced_calls, 1);
+        assert_eq!(budgets.views()[0].spend_nanos, 12);
+    }
+
+    #[test]
+    fn a_new_period_starts_from_zero_but_keeps_calls_in_flight() {
+        // Two seconds before December in Paris.
+        let budgets = budgets(
+            &format!("timezone = \"Europe/Paris\"\n{ENFORCED}"),
+            "2026-11-30T22:59:58Z",
+        );
+        budgets.observe(&record(
+            at("2026-11-30T22:00:00Z"),
+            "a",
+            Some(9_000_000_000),
+        ));
+        let held = budgets
+            .admit(scope("a", "gpt-4o"), |_| Some(500_000_000))
+            .unwrap();
+        assert_eq!(budgets.views()[0].period.label, "2026-11");
+        std::thread::sleep(std::time::Duration::from_millis(2_100));
+        let view = &budgets.views()[0];
+        assert_eq!(view.period.label, "2026-12");
+        assert_eq!(view.spend_nanos, 0);
+        assert_eq!(view.reserved_nanos, 500_000_000);
+        assert!(
+            !view.synced,
+            "the new period waits for a ledger read before alerting"
+        );
+        drop(held);
+        assert_eq!(budgets.views()[0].reserved_nanos, 0);
+    }
+
+    #[test]
+    fn forecasts_wait_for_enough_of_the_period() {
+        let period = Period::day(
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 25).unwrap(),
+            Tz::UTC,
+        );
+        assert_eq!(
+            forecast(6, &period, at("2026-11-25T12:00:00Z"), 0.25),
+            Some(12)
+        );
+        assert_eq!(forecast(6, &period, at("2026-11-25T03:00:00Z"), 0.25), None);
+        assert_eq!(forecast(6, &period, at("2026-11-26T03:00:00Z"), 0.25), None);
     }
 }

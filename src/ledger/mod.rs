@@ -57,6 +57,45 @@ pub struct LedgerRecord {
 }
 
 impl LedgerRecord {
+    /// A record of a call with nothing known yet but who made it where: the start for tests,
+    /// benches and imports; the proxy builds its records from the call's context.
+    pub fn new(
+        ts: DateTime<Utc>,
+        agent: &str,
+        provider: &str,
+        route: &'static str,
+    ) -> LedgerRecord {
+        LedgerRecord {
+            ts,
+            agent: agent.to_string(),
+            provider: provider.to_string(),
+            route,
+            model: None,
+            endpoint: "other",
+            streaming: false,
+            status: 200,
+            usage: Usage::default(),
+            usage_status: UsageStatus::Reported,
+            quantities: Quantities::default(),
+            reported_cost_nanos: None,
+            cost_nanos: None,
+            table_cost_nanos: None,
+            cost_source: None,
+            price_id: None,
+            latency_ms: 0,
+            ttft_ms: None,
+            key_fingerprint: None,
+            request_id: None,
+            tags: None,
+            error: None,
+            estimate: None,
+            observed: false,
+            blocked_by: None,
+            reservation: None,
+            budget_hits: Vec::new(),
+        }
+    }
+
     /// Prices the record (SPEC §6); returns true when it needed a price and found none.
     pub fn price(
         &mut self,
