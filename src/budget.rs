@@ -390,7 +390,7 @@ impl Budgets {
             let rows = match read.iter().position(|(p, _)| *p == period) {
                 Some(i) => &read[i].1,
                 None => {
-                    let rows = crate::ledger::query::scope_sums(conn, &period)?;
+                    let rows = crate::ledger::query::scope_sums(conn, &period, false)?;
                     read.push((period.clone(), rows));
                     &read[read.len() - 1].1
                 }

@@ -623,6 +623,19 @@ async fn attribution_by_key_fingerprint_path_and_default() {
     assert_eq!(rows[0].key_fingerprint.as_deref(), Some(known.as_str()));
     assert_eq!(rows[3].route, "router");
     assert_eq!(rows[3].error.as_deref(), Some("route_refused"));
+    // Recorded as blocked by the route policy; the calls let through are not.
+    let conn = rusqlite::Connection::open(&meter.db).unwrap();
+    let blocked: Vec<Option<String>> = conn
+        .prepare("SELECT blocked_by FROM usage ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        blocked,
+        [None, None, None, Some("route_policy".to_string())]
+    );
 }
 
 #[tokio::test]

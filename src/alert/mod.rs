@@ -171,7 +171,9 @@ impl Alerter {
             return Ok(false);
         }
         let period = view.period.clone();
-        let rows = self.db(move |c| query::scope_sums(c, &period)).await?;
+        let rows = self
+            .db(move |c| query::scope_sums(c, &period, false))
+            .await?;
         let mut claimed_any = false;
         // Crossed together (a restart mid-period, a burst), only the highest threshold mails;
         // the lower ones are recorded as skipped.

@@ -133,7 +133,7 @@ fn read_statuses(
         let index = match read.iter().position(|(p, _)| *p == period) {
             Some(i) => i,
             None => {
-                read.push((period.clone(), query::scope_sums(conn, &period)?));
+                read.push((period.clone(), query::scope_sums(conn, &period, true)?));
                 read.len() - 1
             }
         };

@@ -537,12 +537,18 @@ pub struct ScopeRow {
 }
 
 /// The sums of a period per agent, provider, model and route, from the hourly rollup when the
-/// period is made of whole UTC hours, else from the rows.
+/// period is made of whole UTC hours, else from the rows. `checked` first compares the rollup
+/// with the rows (as reports do); the budget snapshots every few seconds skip that count.
 pub fn scope_sums(
     conn: &Connection,
     period: &crate::report::Period,
+    checked: bool,
 ) -> rusqlite::Result<Vec<ScopeRow>> {
-    let source = Source::checked(conn, period)?;
+    let source = if checked {
+        Source::checked(conn, period)?
+    } else {
+        Source::of(period)
+    };
     let (from, to) = source.bounds();
     let model = source.key(crate::report::GroupBy::Model);
     let sums = match source {
