@@ -50,7 +50,14 @@ fn per_call(c: &mut Criterion) {
                 };
                 let reservation = budgets
                     .admit(scope, |output| {
-                        pricer.worst_case("openai", Some("gpt-4o-2024-08-06"), date, 500, output)
+                        pricer.worst_case(
+                            "openai",
+                            Some("gpt-4o-2024-08-06"),
+                            date,
+                            500,
+                            output,
+                            &meter::usage::Quantities::default(),
+                        )
                     })
                     .unwrap();
                 let hits = budgets.observe(&record);

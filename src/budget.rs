@@ -44,10 +44,13 @@ struct Live {
     period: Period,
     base_nanos: i64,
     base_unpriced: i64,
+    base_unread: i64,
     observed_nanos: i64,
     observed_unpriced: i64,
+    observed_unread: i64,
     committed_nanos: i64,
     committed_unpriced: i64,
+    committed_unread: i64,
     reserved_nanos: i64,
     in_flight: u64,
     /// A snapshot of the ledger was taken in this period.
@@ -60,10 +63,13 @@ impl Live {
             period,
             base_nanos: 0,
             base_unpriced: 0,
+            base_unread: 0,
             observed_nanos: 0,
             observed_unpriced: 0,
+            observed_unread: 0,
             committed_nanos: 0,
             committed_unpriced: 0,
+            committed_unread: 0,
             reserved_nanos: 0,
             in_flight: 0,
             synced: false,
@@ -77,6 +83,10 @@ impl Live {
     fn unpriced(&self) -> u64 {
         (self.base_unpriced + self.observed_unpriced).max(0) as u64
     }
+
+    fn unread(&self) -> u64 {
+        (self.base_unread + self.observed_unread).max(0) as u64
+    }
 }
 
 /// A budget as the alerter, the gauges and `meter budget status` see it.
@@ -88,7 +98,11 @@ pub struct BudgetView {
     pub limit_nanos: i64,
     pub reserved_nanos: i64,
     pub in_flight: u64,
+    /// Calls in scope meter could not price (not counted in the spend).
     pub unpriced_calls: u64,
+    /// Calls in scope whose usage could not be read at all (not counted in the spend, though
+    /// the provider may bill them).
+    pub unread_calls: u64,
     /// The spend projected to the period's end, once `forecast_min_elapsed` of it has passed.
     pub forecast_nanos: Option<i64>,
     /// The ledger has been read for this period (alerts wait for it).
@@ -143,7 +157,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         for (index, nanos) in self.taken.drain(..) {
             let mut live = self.budgets.lock(index);
-            live.reserved_nanos -= nanos;
+            live.reserved_nanos = live.reserved_nanos.saturating_sub(nanos);
             live.in_flight = live.in_flight.saturating_sub(1);
         }
     }
@@ -157,6 +171,18 @@ pub struct BudgetHit {
     period_start: DateTime<Utc>,
     nanos: i64,
     unpriced: i64,
+    unread: i64,
+}
+
+/// What a call can cost at most, as admission sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorstCase {
+    /// A local model without a price: never stopped by a money budget.
+    Free,
+    /// At most this many nano-dollars.
+    Paid(i64),
+    /// Meter cannot tell (no price, or priced per unit the request does not state).
+    Unknown,
 }
 
 /// The local model name the ledger's rollup uses for a call without one.
@@ -177,16 +203,26 @@ pub fn current_period(period: BudgetPeriod, now: DateTime<Utc>, tz: Tz) -> Perio
         .unwrap_or_else(|| Period::day(now.date_naive(), tz))
 }
 
-/// A budget's spend and unpriced calls in a period, from the ledger's sums.
-pub fn spend_in(config: &BudgetConfig, rows: &[ScopeRow]) -> (i64, i64) {
+/// A budget's figures in a period, from the ledger's sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spend {
+    pub nanos: i64,
+    pub unpriced: i64,
+    pub unread: i64,
+}
+
+/// A budget's spend, unpriced and unread calls in a period, from the ledger's sums.
+pub fn spend_in(config: &BudgetConfig, rows: &[ScopeRow]) -> Spend {
     rows.iter()
         .filter(|r| {
             config
                 .scope
                 .matches(&r.agent, &r.provider, &r.model, &r.route)
         })
-        .fold((0, 0), |(nanos, unpriced), r| {
-            (nanos + r.cost_nanos, unpriced + r.unpriced)
+        .fold(Spend::default(), |sum, r| Spend {
+            nanos: sum.nanos + r.cost_nanos,
+            unpriced: sum.unpriced + r.unpriced,
+            unread: sum.unread + r.missing,
         })
 }
 
@@ -263,12 +299,17 @@ impl Budgets {
     }
 
     /// Decides whether a call may go out. `worst_case(output_tokens)` prices the call at its
-    /// worst (`None`: it cannot be priced); it is asked only when an enforced budget is in
-    /// scope, with the budget's `reserve_output_tokens` for calls that set no output cap.
+    /// worst; it is asked only when an enforced budget is in scope, with the budget's
+    /// `reserve_output_tokens` for calls that set no output cap.
+    ///
+    /// Free calls always pass. Once a budget's spend plus the reservations in flight reach its
+    /// limit, every other call in scope is refused; below it, a call of known worst case
+    /// reserves it (capped at the limit), and one of unknown cost passes unreserved unless the
+    /// budget says `unpriced = "block"`.
     pub fn admit(
         self: &Arc<Self>,
         call: CallScope<'_>,
-        mut worst_case: impl FnMut(u64) -> Option<i64>,
+        mut worst_case: impl FnMut(u64) -> WorstCase,
     ) -> Result<Option<Reservation>, Blocked> {
         if !self.enforced {
             return Ok(None);
@@ -277,7 +318,7 @@ impl Budgets {
             budgets: self.clone(),
             taken: Vec::new(),
         };
-        let mut priced: Option<(u64, Option<i64>)> = None;
+        let mut priced: Option<(u64, WorstCase)> = None;
         let now = self.clock.now();
         for (index, budget) in self.items.iter().enumerate() {
             let config = &budget.config;
@@ -296,8 +337,11 @@ impl Budgets {
                     cost
                 }
             };
+            if cost == WorstCase::Free {
+                continue;
+            }
             let mut live = self.lock_at(index, now);
-            let blocked = |reason| Blocked {
+            let blocked = |reason, live: &Live| Blocked {
                 budget: config.name.clone(),
                 reason,
                 spend_nanos: live.spend(),
@@ -305,18 +349,20 @@ impl Budgets {
                 period_label: live.period.label.clone(),
                 period_end: live.period.end,
             };
+            if live.spend().saturating_add(live.reserved_nanos) >= config.limit_nanos {
+                // Dropping `reservation` releases what earlier budgets reserved.
+                return Err(blocked(BlockReason::Spent, &live));
+            }
             match cost {
-                None if config.unpriced == Unpriced::Block => {
-                    return Err(blocked(BlockReason::Unpriced));
+                WorstCase::Free => {}
+                WorstCase::Unknown if config.unpriced == Unpriced::Block => {
+                    return Err(blocked(BlockReason::Unpriced, &live));
                 }
-                // Unpriced and allowed, or free (a local model): never blocked by money.
-                None | Some(0) => {}
-                Some(nanos) => {
-                    if live.spend() + live.reserved_nanos >= config.limit_nanos {
-                        // Dropping `reservation` releases what earlier budgets reserved.
-                        return Err(blocked(BlockReason::Spent));
-                    }
-                    live.reserved_nanos += nanos;
+                WorstCase::Unknown => {}
+                WorstCase::Paid(nanos) => {
+                    // A call cannot hold more than the whole budget (a huge max_tokens).
+                    let nanos = nanos.clamp(0, config.limit_nanos);
+                    live.reserved_nanos = live.reserved_nanos.saturating_add(nanos);
                     live.in_flight += 1;
                     drop(live);
                     reservation.taken.push((index, nanos));
@@ -338,10 +384,11 @@ impl Budgets {
             .as_deref()
             .filter(|m| !m.is_empty())
             .unwrap_or(UNKNOWN_MODEL);
-        let unpriced =
-            i64::from(record.cost_nanos.is_none() && record.usage_status != UsageStatus::Missing);
+        // As the rollup counts them: unpriced (no cost, usage read) and unread (usage missing).
+        let unread = i64::from(record.usage_status == UsageStatus::Missing);
+        let unpriced = i64::from(record.cost_nanos.is_none() && unread == 0);
         let nanos = record.cost_nanos.unwrap_or(0);
-        if nanos == 0 && unpriced == 0 {
+        if nanos == 0 && unpriced == 0 && unread == 0 {
             return hits;
         }
         let now = self.clock.now();
@@ -359,11 +406,13 @@ impl Budgets {
             }
             live.observed_nanos += nanos;
             live.observed_unpriced += unpriced;
+            live.observed_unread += unread;
             hits.push(BudgetHit {
                 index,
                 period_start: live.period.start,
                 nanos,
                 unpriced,
+                unread,
             });
         }
         hits
@@ -377,6 +426,20 @@ impl Budgets {
             if live.period.start == hit.period_start {
                 live.committed_nanos += hit.nanos;
                 live.committed_unpriced += hit.unpriced;
+                live.committed_unread += hit.unread;
+            }
+        }
+    }
+
+    /// Takes back what records that never reached the ledger added (rows the database refused,
+    /// records lost at shutdown), so the spend keeps agreeing with the ledger.
+    pub fn uncount<'a>(&self, hits: impl IntoIterator<Item = &'a BudgetHit>) {
+        for hit in hits {
+            let mut live = self.lock(hit.index);
+            if live.period.start == hit.period_start {
+                live.observed_nanos -= hit.nanos;
+                live.observed_unpriced -= hit.unpriced;
+                live.observed_unread -= hit.unread;
             }
         }
     }
@@ -395,11 +458,12 @@ impl Budgets {
                     &read[read.len() - 1].1
                 }
             };
-            let (nanos, unpriced) = spend_in(&self.items[index].config, rows);
+            let spend = spend_in(&self.items[index].config, rows);
             let mut live = self.lock(index);
             if live.period == period {
-                live.base_nanos = nanos - live.committed_nanos;
-                live.base_unpriced = unpriced - live.committed_unpriced;
+                live.base_nanos = spend.nanos - live.committed_nanos;
+                live.base_unpriced = spend.unpriced - live.committed_unpriced;
+                live.base_unread = spend.unread - live.committed_unread;
                 live.synced = true;
             }
         }
@@ -423,6 +487,7 @@ impl Budgets {
                     reserved_nanos: live.reserved_nanos,
                     in_flight: live.in_flight,
                     unpriced_calls: live.unpriced(),
+                    unread_calls: live.unread(),
                     synced: live.synced,
                 }
             })
@@ -471,7 +536,7 @@ mod tests {
     #[test]
     fn reservations_fill_the_budget_and_are_released_on_drop() {
         let budgets = budgets(ENFORCED, "2026-11-25T12:00:00Z");
-        let two = |_: u64| Some(2_000_000_000);
+        let two = |_: u64| WorstCase::Paid(2_000_000_000);
         let held: Vec<Reservation> = (0..5)
             .map(|_| budgets.admit(scope("a", "gpt-4o"), two).unwrap().unwrap())
             .collect();
@@ -505,19 +570,81 @@ mod tests {
         ));
         assert_eq!(observed.len(), 1);
         assert_eq!(budgets.views()[0].spend_nanos, 10_000_000_000);
-        assert!(budgets.admit(scope("a", "gpt-4o"), |_| Some(1)).is_err());
-        // A free (local) call is never blocked by money; an unpriced one is allowed here.
         assert!(budgets
-            .admit(scope("a", "llama3"), |_| Some(0))
+            .admit(scope("a", "gpt-4o"), |_| WorstCase::Paid(1))
+            .is_err());
+        // A free (local) call is never blocked by money; once spent, a call of unknown cost is.
+        assert!(budgets
+            .admit(scope("a", "llama3"), |_| WorstCase::Free)
             .unwrap()
             .is_none());
+        assert_eq!(
+            budgets
+                .admit(scope("a", "dall-e-3"), |_| WorstCase::Unknown)
+                .unwrap_err()
+                .reason,
+            BlockReason::Spent
+        );
+        // Below the limit, unknown cost passes unreserved ("allow") or is refused ("block").
         assert!(budgets
-            .admit(scope("a", "mystery"), |_| None)
+            .admit(scope("s", "gpt-4o"), |_| WorstCase::Paid(1))
             .unwrap()
-            .is_none());
-        let refused = budgets.admit(scope("s", "mystery"), |_| None).unwrap_err();
+            .is_some());
+        let refused = budgets
+            .admit(scope("s", "mystery"), |_| WorstCase::Unknown)
+            .unwrap_err();
         assert_eq!(refused.reason, BlockReason::Unpriced);
         assert_eq!(refused.budget, "strict");
+    }
+
+    #[test]
+    fn a_huge_worst_case_holds_at_most_the_limit() {
+        let budgets = budgets(ENFORCED, "2026-11-25T12:00:00Z");
+        let held = budgets
+            .admit(scope("a", "gpt-4o"), |_| WorstCase::Paid(i64::MAX))
+            .unwrap()
+            .unwrap();
+        assert_eq!(budgets.views()[0].reserved_nanos, 10_000_000_000);
+        assert!(budgets
+            .admit(scope("a", "gpt-4o"), |_| WorstCase::Paid(i64::MAX))
+            .is_err());
+        drop(held);
+        assert_eq!(budgets.views()[0].reserved_nanos, 0);
+    }
+
+    #[test]
+    fn budget_models_match_the_reported_dated_name_and_the_requested_alias() {
+        let budgets = budgets(
+            "[[budget]]\nname = \"b\"\nperiod = \"month\"\nlimit_usd = 1.0\nmodel = \"gpt-4o\"\nenforce = true\n",
+            "2026-11-25T12:00:00Z",
+        );
+        let mut record = record(at("2026-11-25T11:00:00Z"), "a", Some(2_000_000_000));
+        record.model = Some("gpt-4o-2024-08-06".to_string());
+        assert_eq!(budgets.observe(&record).len(), 1);
+        assert!(budgets
+            .admit(scope("a", "gpt-4o"), |_| WorstCase::Paid(1))
+            .is_err());
+        assert!(budgets
+            .admit(scope("a", "gpt-4o-mini"), |_| WorstCase::Paid(1))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn unread_calls_are_counted_apart_and_dropped_rows_taken_back() {
+        let budgets = budgets(
+            "[[budget]]\nname = \"b\"\nperiod = \"month\"\nlimit_usd = 100.0\n",
+            "2026-11-25T12:00:00Z",
+        );
+        let mut unread = record(at("2026-11-25T11:00:00Z"), "a", None);
+        unread.usage_status = UsageStatus::Missing;
+        budgets.observe(&unread);
+        assert_eq!(budgets.views()[0].unread_calls, 1);
+        assert_eq!(budgets.views()[0].unpriced_calls, 0);
+        let hits = budgets.observe(&record(at("2026-11-25T11:00:00Z"), "a", Some(9)));
+        assert_eq!(budgets.views()[0].spend_nanos, 9);
+        budgets.uncount(&hits);
+        assert_eq!(budgets.views()[0].spend_nanos, 0);
     }
 
     #[test]
@@ -530,7 +657,7 @@ mod tests {
         let _held = budgets
             .admit(scope("a", "m"), |tokens| {
                 asked.push(tokens);
-                Some(1)
+                WorstCase::Paid(1)
             })
             .unwrap();
         assert_eq!(asked, [777]);
@@ -590,7 +717,7 @@ mod tests {
             Some(9_000_000_000),
         ));
         let held = budgets
-            .admit(scope("a", "gpt-4o"), |_| Some(500_000_000))
+            .admit(scope("a", "gpt-4o"), |_| WorstCase::Paid(500_000_000))
             .unwrap();
         assert_eq!(budgets.views()[0].period.label, "2026-11");
         std::thread::sleep(std::time::Duration::from_millis(2_100));

@@ -61,6 +61,9 @@ pub struct BudgetAlert {
     pub forecast_nanos: Option<i64>,
     /// Calls in scope meter could not price (not counted in `spend_nanos`).
     pub unpriced_calls: u64,
+    /// Calls in scope whose usage could not be read (not counted in `spend_nanos`, though the
+    /// provider may bill them).
+    pub unread_calls: u64,
     /// Whether calls in scope are refused once the limit is spent.
     pub enforce: bool,
     /// Top agents and models in scope this period, most spend first (at most 5 each).
@@ -182,6 +185,10 @@ pub fn budget_alert(alert: &BudgetAlert) -> Rendered {
         0 => "none".to_string(),
         n => format!("{}, not counted in the spend", calls(n)),
     };
+    let unread = match alert.unread_calls {
+        0 => "none".to_string(),
+        n => format!("{}, usage unknown, not counted in the spend", calls(n)),
+    };
     let enforcement = match (alert.enforce, alert.spend_nanos >= alert.limit_nanos) {
         (true, true) => "on: calls in scope are refused with HTTP 429",
         (true, false) => "on: calls in scope will be refused with HTTP 429 once the limit is spent",
@@ -198,6 +205,7 @@ pub fn budget_alert(alert: &BudgetAlert) -> Rendered {
         fact("Used", &used),
         fact("Forecast", &forecast),
         fact("Unpriced calls", &unpriced),
+        fact("Unread calls", &unread),
         fact("Enforcement", enforcement),
     ]);
     if alert.unpriced_calls > 0 {
@@ -208,6 +216,14 @@ pub fn budget_alert(alert: &BudgetAlert) -> Rendered {
             )),
             code("meter prices check"),
             text(" lists the models without a price."),
+        ]);
+    }
+    if alert.unread_calls > 0 {
+        doc.warning(vec![
+            text(format!(
+                "{} in scope ended before meter could read their usage (timeouts, clients that left); the provider may bill them, and they are not counted above.",
+                calls(alert.unread_calls)
+            )),
         ]);
     }
     for (heading, column, spenders) in [
@@ -812,6 +828,7 @@ mod tests {
             limit_nanos: 500 * DOLLAR,
             forecast_nanos: Some(61_240 * CENT),
             unpriced_calls: 0,
+            unread_calls: 0,
             enforce: false,
             top_agents: vec![
                 spender("coder", 300 * DOLLAR, 1_204),

@@ -94,9 +94,13 @@ impl Alerter {
                 tracing::warn!(error = %err, "checking budgets and schedules failed; will retry");
             }
         }
-        // A send in progress is cut: its lease runs out and the next start retries it.
-        sender.abort();
-        let _ = sender.await;
+        // The sender finishes the email in progress (each send is bounded by the SMTP timeout)
+        // and stops; cutting it mid-send could send that email again after a restart.
+        let limit = self.smtp.timeout + Duration::from_secs(10);
+        let abort = sender.abort_handle();
+        if tokio::time::timeout(limit, sender).await.is_err() {
+            abort.abort();
+        }
     }
 
     /// Runs `work` on the alerter's connection, off the async threads.
@@ -254,6 +258,7 @@ impl Alerter {
             limit_nanos: view.limit_nanos,
             forecast_nanos: view.forecast_nanos,
             unpriced_calls: view.unpriced_calls,
+            unread_calls: view.unread_calls,
             enforce: config.enforce,
             top_agents,
             top_models,
@@ -281,6 +286,11 @@ impl Alerter {
             return Ok(false);
         }
         if scheduled <= self.started {
+            // The next report is due within a day: it will say more than last week's would.
+            if scheduled + chrono::Duration::days(6) <= now {
+                self.mark_seen(key);
+                return Ok(false);
+            }
             let exists_key = key.clone();
             let (claimed, used) = self
                 .db(move |c| {
@@ -325,26 +335,54 @@ impl Alerter {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = shutdown.changed() => return,
             }
-            if let Err(err) = self.send_due().await {
+            if let Err(err) = self.send_due(&shutdown).await {
                 tracing::warn!(error = %err, "reading the alert outbox failed; will retry");
             }
         }
     }
 
-    async fn send_due(&self) -> anyhow::Result<()> {
+    /// Records the outcome of a send, retrying a busy ledger for a while: a sent email left
+    /// marked pending would go out again.
+    async fn mark(
+        &self,
+        what: &'static str,
+        work: impl Fn(&Connection) -> rusqlite::Result<bool> + Send + Sync + Clone + 'static,
+    ) {
+        for attempt in 0..10u32 {
+            match self.db(work.clone()).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(
+                        what,
+                        "the email's lease ran out and another meter took it over"
+                    );
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(what, attempt, error = %err, "recording an email's outcome failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt + 1))).await;
+                }
+            }
+        }
+    }
+
+    async fn send_due(&self, shutdown: &watch::Receiver<bool>) -> anyhow::Result<()> {
         let now = self.clock.now();
         let due = self.db(move |c| outbox::due(c, now, 16)).await?;
         for row in due {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
             let now = self.clock.now();
             let lease = chrono::Duration::from_std(self.smtp.timeout * 2 + Duration::from_secs(30))
                 .unwrap_or(chrono::Duration::minutes(2));
             let id = row.id;
-            if !self
+            let Some(lease) = self
                 .db(move |c| outbox::lease(c, id, now, now + lease))
                 .await?
-            {
+            else {
                 continue;
-            }
+            };
             let email = Email {
                 to: row.recipients.clone(),
                 subject: row.rendered.subject.clone(),
@@ -359,7 +397,8 @@ impl Alerter {
             match result {
                 Ok(()) => {
                     let sent = self.clock.now();
-                    self.db(move |c| outbox::mark_sent(c, id, sent)).await?;
+                    self.mark("sent", move |c| outbox::mark_sent(c, &lease, sent))
+                        .await;
                     self.metrics
                         .alerts_sent_total
                         .with_label_values(&[kind])
@@ -371,8 +410,10 @@ impl Alerter {
                     let next = self.clock.now()
                         + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::minutes(10));
                     let error = reason.clone();
-                    self.db(move |c| outbox::mark_failed(c, id, next, &error))
-                        .await?;
+                    self.mark("failed", move |c| {
+                        outbox::mark_failed(c, &lease, next, &error)
+                    })
+                    .await;
                     self.metrics
                         .alert_failures_total
                         .with_label_values(&[kind])

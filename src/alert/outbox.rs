@@ -56,7 +56,7 @@ pub struct Claimed {
     pub last_error: Option<String>,
 }
 
-/// Claims `key`; returns whether this call created the row (and so owns the email).
+/// Claims `key`; returns whether this call created the row as pending (an email to send).
 pub fn claim(
     conn: &Connection,
     key: &Key,
@@ -70,10 +70,16 @@ pub fn claim(
         Status::Pending => "pending",
         Status::Skipped => "skipped",
     };
+    // A threshold claimed after a higher one of the same budget and period (by another meter,
+    // or before a restart) is recorded as skipped: the higher one said more.
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO alert_outbox (kind, subject_key, period, detail, created_at,
             recipients, subject, body_text, body_html, status, next_attempt)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?5)",
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+            CASE WHEN ?1 = 'threshold' AND EXISTS (
+                SELECT 1 FROM alert_outbox WHERE kind = 'threshold' AND subject_key = ?2
+                AND period = ?3 AND CAST(detail AS REAL) > CAST(?4 AS REAL))
+            THEN 'skipped' ELSE ?10 END, ?5",
         params![
             key.kind,
             key.subject,
@@ -87,7 +93,25 @@ pub fn claim(
             status,
         ],
     )?;
-    Ok(inserted == 1)
+    if inserted == 1 && key.kind == "threshold" && status == "pending" {
+        // Lower thresholds still waiting (an SMTP outage) are superseded by this one.
+        conn.execute(
+            "UPDATE alert_outbox SET status = 'skipped', lease_until = NULL
+             WHERE kind = 'threshold' AND subject_key = ?1 AND period = ?2 AND status = 'pending'
+               AND CAST(detail AS REAL) < CAST(?3 AS REAL)",
+            params![key.subject, key.period, key.detail],
+        )?;
+    }
+    let pending: bool = conn
+        .query_row(
+            "SELECT status = 'pending' FROM alert_outbox
+             WHERE kind = ?1 AND subject_key = ?2 AND period = ?3 AND detail = ?4",
+            params![key.kind, key.subject, key.period, key.detail],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
+    Ok(inserted == 1 && pending)
 }
 
 /// Whether `key` was claimed already (by this meter or another).
@@ -129,42 +153,55 @@ pub fn due(conn: &Connection, now: DateTime<Utc>, limit: usize) -> rusqlite::Res
     rows
 }
 
-/// Takes the row for sending until `until`; false when another meter holds it or sent it.
+/// A lease on a row: held until `until`, which also identifies it (a meter whose lease ran
+/// out and was taken over cannot mark the row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    until: String,
+}
+
+/// Takes the row for sending until `until`; `None` when another meter holds it, sent it, or
+/// its next attempt is not due yet.
 pub fn lease(
     conn: &Connection,
     id: i64,
     now: DateTime<Utc>,
     until: DateTime<Utc>,
-) -> rusqlite::Result<bool> {
+) -> rusqlite::Result<Option<Lease>> {
+    let until = format_ts(&until);
     let changed = conn.execute(
         "UPDATE alert_outbox SET lease_until = ?3
-         WHERE id = ?1 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?2)",
-        params![id, format_ts(&now), format_ts(&until)],
+         WHERE id = ?1 AND status = 'pending' AND next_attempt <= ?2
+           AND (lease_until IS NULL OR lease_until <= ?2)",
+        params![id, format_ts(&now), until],
+    )?;
+    Ok((changed == 1).then_some(Lease { id, until }))
+}
+
+/// Marks a leased row sent; false if the lease was lost (it ran out and another meter took it).
+pub fn mark_sent(conn: &Connection, lease: &Lease, now: DateTime<Utc>) -> rusqlite::Result<bool> {
+    let changed = conn.execute(
+        "UPDATE alert_outbox SET status = 'sent', sent_at = ?3, attempts = attempts + 1,
+            lease_until = NULL, last_error = NULL WHERE id = ?1 AND lease_until = ?2",
+        params![lease.id, lease.until, format_ts(&now)],
     )?;
     Ok(changed == 1)
 }
 
-pub fn mark_sent(conn: &Connection, id: i64, now: DateTime<Utc>) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE alert_outbox SET status = 'sent', sent_at = ?2, attempts = attempts + 1,
-            lease_until = NULL, last_error = NULL WHERE id = ?1",
-        params![id, format_ts(&now)],
-    )?;
-    Ok(())
-}
-
+/// Records a failed attempt on a leased row and when to try again.
 pub fn mark_failed(
     conn: &Connection,
-    id: i64,
+    lease: &Lease,
     next_attempt: DateTime<Utc>,
     error: &str,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt = ?2, lease_until = NULL,
-            last_error = ?3 WHERE id = ?1",
-        params![id, format_ts(&next_attempt), error],
+) -> rusqlite::Result<bool> {
+    let changed = conn.execute(
+        "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt = ?3, lease_until = NULL,
+            last_error = ?4 WHERE id = ?1 AND lease_until = ?2",
+        params![lease.id, lease.until, format_ts(&next_attempt), error],
     )?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 /// The rows claimed for a subject (a budget) in a period.
@@ -222,6 +259,32 @@ mod tests {
     }
 
     #[test]
+    fn a_lower_threshold_after_a_higher_one_is_skipped_and_a_higher_one_supersedes() {
+        let conn = conn();
+        let key = |detail: &str| Key {
+            kind: "threshold",
+            subject: "team".into(),
+            period: "2026-11".into(),
+            detail: detail.into(),
+        };
+        let now = Utc::now();
+        let to = vec!["ops@example.com".to_string()];
+        assert!(claim(&conn, &key("0.5"), &to, &rendered(), Status::Pending, now).unwrap());
+        assert!(claim(&conn, &key("1"), &to, &rendered(), Status::Pending, now).unwrap());
+        // 0.5 was still pending: superseded by 1.
+        assert!(!claim(&conn, &key("0.8"), &to, &rendered(), Status::Pending, now).unwrap());
+        let rows = claimed(&conn, "team", "2026-11").unwrap();
+        let states: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.detail.as_str(), r.status.as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            [("0.5", "skipped"), ("1", "pending"), ("0.8", "skipped")]
+        );
+    }
+
+    #[test]
     fn a_key_is_claimed_once_and_leased_by_one() {
         let conn = conn();
         let key = Key {
@@ -240,20 +303,30 @@ mod tests {
         assert_eq!(due_now[0].recipients, to);
         let id = due_now[0].id;
         let until = now + chrono::Duration::seconds(60);
-        assert!(lease(&conn, id, now, until).unwrap());
+        let held = lease(&conn, id, now, until).unwrap().unwrap();
         assert!(
-            !lease(&conn, id, now, until).unwrap(),
+            lease(&conn, id, now, until).unwrap().is_none(),
             "a lease is exclusive"
         );
         assert!(due(&conn, now, 10).unwrap().is_empty());
-        // A failure frees it for a later attempt.
+        // A failure frees it for a later attempt, not before.
         let later = now + chrono::Duration::seconds(10);
-        mark_failed(&conn, id, later, "connection refused").unwrap();
+        assert!(mark_failed(&conn, &held, later, "connection refused").unwrap());
         assert!(due(&conn, now, 10).unwrap().is_empty());
+        assert!(
+            lease(&conn, id, now, until).unwrap().is_none(),
+            "backed off"
+        );
         assert_eq!(due(&conn, later, 10).unwrap()[0].attempts, 1);
-        assert!(lease(&conn, id, later, until).unwrap());
-        mark_sent(&conn, id, later).unwrap();
-        assert!(due(&conn, until, 10).unwrap().is_empty());
+        let first = lease(&conn, id, later, until).unwrap().unwrap();
+        // The lease runs out and another meter takes the row: the first cannot mark it.
+        let after = until + chrono::Duration::seconds(1);
+        let second = lease(&conn, id, after, after + chrono::Duration::seconds(60))
+            .unwrap()
+            .unwrap();
+        assert!(!mark_sent(&conn, &first, later).unwrap());
+        assert!(mark_sent(&conn, &second, after).unwrap());
+        assert!(due(&conn, after, 10).unwrap().is_empty());
         let rows = claimed(&conn, "team", "2026-11").unwrap();
         assert_eq!(rows[0].status, "sent");
         assert_eq!(rows[0].attempts, 2);

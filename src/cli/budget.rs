@@ -138,7 +138,8 @@ fn read_statuses(
             }
         };
         let rows = &read[index].1;
-        let (spend, unpriced) = spend_in(budget, rows);
+        let figures = spend_in(budget, rows);
+        let (spend, unpriced) = (figures.nanos, figures.unpriced);
         let forecast = forecast(spend, &period, now, budget.forecast_min_elapsed);
         let claimed = outbox::claimed(conn, &budget.name, &period.label)?;
         let alert_of = |kind: &str, detail: &str| {
@@ -197,6 +198,7 @@ fn read_statuses(
             "enforce": budget.enforce,
             "unpriced": match budget.unpriced { Unpriced::Allow => "allow", Unpriced::Block => "block" },
             "unpriced_calls": unpriced,
+            "unread_calls": figures.unread,
             "thresholds": thresholds,
             "forecast_alert": budget.forecast_alert.then(|| json!({
                 "alert": forecast_claim.map(|c| c.status.clone()),

@@ -89,15 +89,19 @@ pub struct BudgetScope {
 }
 
 impl BudgetScope {
-    /// Whether a call is in scope. `model` is the model as the ledger records it.
+    /// Whether a call is in scope. `model` is the model as the ledger records it (the
+    /// provider's name for it) or as the request names it; a `model` pattern matches either
+    /// that name or its undated form (`gpt-4o` matches `gpt-4o-2024-08-06`), case aside.
     pub fn matches(&self, agent: &str, provider: &str, model: &str, route: &str) -> bool {
         self.agent.as_deref().is_none_or(|a| a == agent)
             && self.provider.as_deref().is_none_or(|p| p == provider)
             && self.route.is_none_or(|r| r.as_str() == route)
-            && self
-                .model
-                .as_deref()
-                .is_none_or(|pattern| crate::pricing::glob_match_str(pattern, model))
+            && self.model.as_deref().is_none_or(|pattern| {
+                let pattern = pattern.to_ascii_lowercase();
+                crate::pricing::model_names(model)
+                    .iter()
+                    .any(|name| crate::pricing::glob_match_str(&pattern, name))
+            })
     }
 
     /// `agent=coder, provider=openai`, or `all calls`.

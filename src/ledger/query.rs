@@ -534,6 +534,8 @@ pub struct ScopeRow {
     pub cost_nanos: i64,
     /// Calls that needed a price and found none (not counted in `cost_nanos`).
     pub unpriced: i64,
+    /// Calls whose usage could not be read (`usage_status = 'missing'`).
+    pub missing: i64,
 }
 
 /// The sums of a period per agent, provider, model and route, from the hourly rollup when the
@@ -552,9 +554,12 @@ pub fn scope_sums(
     let (from, to) = source.bounds();
     let model = source.key(crate::report::GroupBy::Model);
     let sums = match source {
-        Source::Rollup { .. } => "sum(requests), sum(cost_nanos), sum(unpriced_requests)",
+        Source::Rollup { .. } => {
+            "sum(requests), sum(cost_nanos), sum(unpriced_requests), sum(missing_requests)"
+        }
         Source::Rows { .. } => {
-            "count(*), sum(coalesce(cost_nanos, 0)), sum(cost_nanos IS NULL AND usage_status != 'missing')"
+            "count(*), sum(coalesce(cost_nanos, 0)), sum(cost_nanos IS NULL AND usage_status != 'missing'),
+             sum(usage_status = 'missing')"
         }
     };
     let sql = format!(
@@ -572,6 +577,7 @@ pub fn scope_sums(
                 requests: row.get::<_, Option<i64>>(4)?.unwrap_or(0),
                 cost_nanos: row.get::<_, Option<i64>>(5)?.unwrap_or(0),
                 unpriced: row.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                missing: row.get::<_, Option<i64>>(7)?.unwrap_or(0),
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -221,6 +221,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     if current == VERSION {
         return Ok(());
     }
+    if current > VERSION {
+        return Err(SchemaError::TooNew { found: current });
+    }
     let all = migrations();
     loop {
         let tx = conn

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection};
 use super::{format_ts, schema, LedgerRecord};
 use std::collections::{HashMap, HashSet};
 
-use crate::budget::Budgets;
+use crate::budget::{Budgets, WorstCase};
 use crate::config::{Config, StoreConfig};
 use crate::metrics::Metrics;
 use crate::pricing::{ProviderPricing, RateTable};
@@ -55,8 +55,9 @@ impl Recorder {
             finish(&mut record, &self.pricer, &self.metrics, &self.budgets);
         }
         self.metrics.ledger_pending_records.inc();
-        if self.sender.send(record).is_err() {
+        if let Err(mpsc::SendError(record)) = self.sender.send(record) {
             // Only after the writer has stopped, which happens once every Recorder is dropped.
+            self.budgets.uncount(&record.budget_hits);
             self.metrics.ledger_pending_records.dec();
             self.metrics.ledger_write_errors_total.inc();
             tracing::error!("ledger writer has stopped; record lost");
@@ -133,8 +134,9 @@ impl Pricer {
     }
 
     /// What a call can cost at most, for budget reservations: `input_tokens` at the input
-    /// price plus `output_tokens` at the output price (markup included). `None` when the model
-    /// has no price; 0 for a free (local) model.
+    /// price plus `output_tokens` at the output price, and `quantities` (images) at theirs,
+    /// markup included. A local provider without a price is free; a model without a price, or
+    /// one whose price is per unit the request does not state, is unknown.
     pub fn worst_case(
         &self,
         provider: &str,
@@ -142,7 +144,9 @@ impl Pricer {
         date: chrono::NaiveDate,
         input_tokens: u64,
         output_tokens: u64,
-    ) -> Option<i64> {
+        quantities: &crate::usage::Quantities,
+    ) -> WorstCase {
+        let pricing = self.provider(provider);
         let usage = crate::usage::Usage {
             input_tokens,
             output_tokens,
@@ -151,14 +155,20 @@ impl Pricer {
         let priced = crate::pricing::price_call(
             &self.table,
             provider,
-            self.provider(provider),
+            pricing,
             model,
             date,
             Some(&usage),
-            &crate::usage::Quantities::default(),
+            quantities,
             None,
         );
-        priced.cost_nanos
+        match priced.cost_nanos {
+            Some(nanos) if nanos > 0 => WorstCase::Paid(nanos),
+            _ if pricing.local && priced.price_id.is_none() => WorstCase::Free,
+            // Priced at zero (per image or per second, and the request does not say how
+            // many), or not at all.
+            _ => WorstCase::Unknown,
+        }
     }
 
     fn price(&self, record: &mut LedgerRecord, metrics: &Metrics) {
@@ -390,6 +400,7 @@ fn run(
                         written += 1;
                         budgets.committed(&record.budget_hits);
                     } else {
+                        budgets.uncount(&record.budget_hits);
                         metrics.ledger_write_errors_total.inc();
                     }
                 }

@@ -478,6 +478,16 @@ fn candidates(provider: &str, model: &str) -> Vec<(String, String)> {
     names
 }
 
+/// The names a model goes by for scoping (budgets): as given (lower case, without a `models/`
+/// prefix) and without its date or `-latest` suffix, so `gpt-4o` matches what the provider
+/// reports back as `gpt-4o-2024-08-06`.
+pub fn model_names(model: &str) -> [String; 2] {
+    let lower = model.trim().to_ascii_lowercase();
+    let lower = lower.strip_prefix("models/").unwrap_or(&lower).to_string();
+    let base = strip_version_suffix(&lower);
+    [lower, base]
+}
+
 /// `gpt-4o-2024-08-06` → `gpt-4o`; `claude-sonnet-4-5-20250929` → `claude-sonnet-4-5`;
 /// `mistral-large-2411` → `mistral-large`; `mistral-large-latest` → `mistral-large`.
 fn strip_version_suffix(model: &str) -> String {

@@ -396,6 +396,24 @@ fn admit(state: &ProxyState, context: &mut CallContext) -> Result<(), crate::bud
     let date = context.ts.date_naive();
     let pricer = &state.pricer;
     let provider = &context.provider.name;
+    // Image endpoints bill per image: as many as asked for (`n`, else one), at the size and
+    // quality asked for.
+    let images = matches!(
+        context.endpoint,
+        Endpoint::ImagesGenerations | Endpoint::ImagesEdits | Endpoint::ImagesVariations
+    );
+    let quantities = crate::usage::Quantities {
+        images: if images {
+            context.facts.images.unwrap_or(1)
+        } else {
+            0
+        },
+        image_size: images.then(|| context.facts.image_size.clone()).flatten(),
+        image_quality: images
+            .then(|| context.facts.image_quality.clone())
+            .flatten(),
+        ..Default::default()
+    };
     let reservation = state.budgets.admit(scope, |default_output| {
         pricer.worst_case(
             provider,
@@ -403,6 +421,7 @@ fn admit(state: &ProxyState, context: &mut CallContext) -> Result<(), crate::bud
             date,
             input_tokens,
             cap.unwrap_or(default_output),
+            &quantities,
         )
     })?;
     context.reservation = reservation;
