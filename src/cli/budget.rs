@@ -9,7 +9,7 @@ use crate::alert::{self, email, outbox};
 use crate::budget::{current_period, forecast, spend_in};
 use crate::clock::Clock;
 use crate::config::{Config, Unpriced};
-use crate::ledger::{query, writer};
+use crate::ledger::query;
 use crate::money::format_usd;
 
 #[derive(Debug, clap::Subcommand)]
@@ -70,14 +70,7 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
             _ => print("no budgets configured (add [[budget]] entries to meter.toml)\n"),
         };
     }
-    if !config.store.path.exists() {
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "no ledger at {} (store.path): meter serve creates it with the first call",
-            config.store.path.display()
-        )));
-    }
-    let conn = writer::open_connection(&config.store.path, config.store.busy_timeout)
-        .map_err(|e| Failure::Runtime(e.into()))?;
+    let conn = super::open_ledger(&config)?;
     let statuses = read_statuses(&config, &conn, now)
         .with_context(|| format!("reading {}", config.store.path.display()))
         .map_err(Failure::Runtime)?;

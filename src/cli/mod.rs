@@ -101,6 +101,18 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// Opens the ledger a reading command works on: it must exist (only `meter serve` creates one).
+pub fn open_ledger(config: &Config) -> Result<rusqlite::Connection, Failure> {
+    if !config.store.path.exists() {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "no ledger at {} (store.path): meter serve creates it with the first call",
+            config.store.path.display()
+        )));
+    }
+    crate::ledger::writer::open_connection(&config.store.path, config.store.busy_timeout)
+        .map_err(|e| Failure::Runtime(e.into()))
+}
+
 /// Writes command output to stdout; a closed pipe (`meter prices list | head`) is not an error.
 pub fn print(text: &str) -> Result<(), Failure> {
     use std::io::Write;

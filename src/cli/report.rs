@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use chrono::{NaiveDate, Utc};
 
 use super::{print, Cli, Failure};
-use crate::ledger::{query, writer};
+use crate::ledger::query;
 use crate::report::{GroupBy, Period, PeriodKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,14 +90,7 @@ pub fn run(cli: &Cli, args: &ReportArgs) -> Result<(), Failure> {
         tz,
         now,
     )?;
-    if !config.store.path.exists() {
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "no ledger at {} (store.path): meter serve creates it with the first call",
-            config.store.path.display()
-        )));
-    }
-    let conn = writer::open_connection(&config.store.path, config.store.busy_timeout)
-        .map_err(|e| Failure::Runtime(e.into()))?;
+    let conn = super::open_ledger(&config)?;
     let report = query::build_report(&conn, &period, &by, tz, now)
         .with_context(|| format!("reading {}", config.store.path.display()))
         .map_err(Failure::Runtime)?;

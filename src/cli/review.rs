@@ -5,7 +5,7 @@ use chrono::Utc;
 
 use super::report::{period_of, Format};
 use super::{print, Cli, Failure};
-use crate::ledger::{query, writer};
+use crate::ledger::query;
 use crate::review::{review, WhatIf};
 
 #[derive(Debug, clap::Args)]
@@ -33,15 +33,8 @@ pub fn run(cli: &Cli, args: &ReviewArgs) -> Result<(), Failure> {
     let now = Utc::now();
     let quarter = Some(args.quarter.as_deref().unwrap_or(""));
     let period = period_of(None, None, quarter, None, config.timezone, now)?;
-    if !config.store.path.exists() {
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "no ledger at {} (store.path): meter serve creates it with the first call",
-            config.store.path.display()
-        )));
-    }
     let table = config.rate_table()?;
-    let conn = writer::open_connection(&config.store.path, config.store.busy_timeout)
-        .map_err(|e| Failure::Runtime(e.into()))?;
+    let conn = super::open_ledger(&config)?;
     let thresholds = &config.review;
     let groups = query::review_groups(
         &conn,
