@@ -58,7 +58,10 @@ pub async fn run_at(
     shutdown: impl Future<Output = ()>,
     clock: crate::clock::Clock,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    let metrics = Arc::new(
+        Metrics::with_caps(config.metrics.max_agents, config.metrics.max_models)
+            .context("registering metrics")?,
+    );
     let table = config.rate_table()?;
     let pricer = Arc::new(writer::Pricer::new(&config, table));
     if clock.is_shifted() {
@@ -75,8 +78,17 @@ pub async fn run_at(
         pricer.clone(),
         budgets.clone(),
     )?;
+    let conn = writer::open_connection(&config.store.path, config.store.busy_timeout)?;
+    // Before /metrics serves: the counters continue from the ledger across restarts.
+    let totals = crate::ledger::query::seed_totals(&conn).with_context(|| {
+        format!(
+            "reading the ledger's totals from {}",
+            config.store.path.display()
+        )
+    })?;
+    metrics.seed(&totals);
     let alerter = Arc::new(crate::alert::Alerter::new(
-        writer::open_connection(&config.store.path, config.store.busy_timeout)?,
+        conn,
         budgets.clone(),
         config.weekly.clone(),
         config.smtp.clone(),

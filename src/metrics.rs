@@ -3,7 +3,7 @@
 
 use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::ledger::LedgerRecord;
@@ -14,8 +14,51 @@ const DURATION_BUCKETS: &[f64] = &[
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
 ];
 
+/// A cap on the distinct values of a label: past `max`, new values are counted as `other`
+/// (and in `meter_label_overflow_total`), so a stream of new model or agent names cannot grow
+/// the series without bound.
+struct LabelCap {
+    name: &'static str,
+    max: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl LabelCap {
+    fn new(name: &'static str, max: usize) -> LabelCap {
+        LabelCap {
+            name,
+            max,
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// `value` while it is among the first `max` distinct values seen, else `other`.
+    fn label<'a>(&self, value: &'a str, overflow: &IntCounterVec) -> &'a str {
+        let Ok(mut seen) = self.seen.lock() else {
+            return value;
+        };
+        if seen.contains(value) {
+            return value;
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_string());
+            return value;
+        }
+        overflow.with_label_values(&[self.name]).inc();
+        OTHER
+    }
+}
+
+/// The label value of what a cap folded together.
+pub const OTHER: &str = "other";
+
 pub struct Metrics {
     registry: Registry,
+    agents: LabelCap,
+    models: LabelCap,
+    pub markup_usd_total: CounterVec,
+    pub blocked_requests_total: IntCounterVec,
+    pub label_overflow_total: IntCounterVec,
     pub requests_total: IntCounterVec,
     pub tokens_total: IntCounterVec,
     pub cost_usd_total: CounterVec,
@@ -36,8 +79,49 @@ pub struct Metrics {
 pub const ALERT_KINDS: [&str; 4] = ["threshold", "forecast", "weekly", "test"];
 
 impl Metrics {
+    /// The metrics with the default label caps.
     pub fn new() -> Result<Metrics, prometheus::Error> {
+        Metrics::with_caps(
+            crate::config::DEFAULT_METRICS_MAX_AGENTS,
+            crate::config::DEFAULT_METRICS_MAX_MODELS,
+        )
+    }
+
+    /// The metrics with at most `max_agents` agent and `max_models` model label values.
+    pub fn with_caps(max_agents: usize, max_models: usize) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
+        let markup_usd_total = CounterVec::new(
+            Opts::new(
+                "meter_markup_usd_total",
+                "The part of the spend above the rate table's list price: what a router (or a configured markup) added.",
+            ),
+            &["provider", "route", "model", "agent"],
+        )?;
+        let blocked_requests_total = IntCounterVec::new(
+            Opts::new(
+                "meter_blocked_requests_total",
+                "Calls meter refused instead of forwarding, by reason (budget, route_policy).",
+            ),
+            &["agent", "reason"],
+        )?;
+        let label_overflow_total = IntCounterVec::new(
+            Opts::new(
+                "meter_label_overflow_total",
+                "Calls whose agent or model label was counted as \"other\" because the label's cap of distinct values was reached.",
+            ),
+            &["label"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("meter_build_info", "meter's version; always 1."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(markup_usd_total.clone()))?;
+        registry.register(Box::new(blocked_requests_total.clone()))?;
+        registry.register(Box::new(label_overflow_total.clone()))?;
+        registry.register(Box::new(build_info))?;
         let requests_total = IntCounterVec::new(
             Opts::new(
                 "meter_requests_total",
@@ -144,6 +228,11 @@ impl Metrics {
         registry.register(Box::new(ledger_write_errors_total.clone()))?;
         Ok(Metrics {
             registry,
+            agents: LabelCap::new("agent", max_agents),
+            models: LabelCap::new("model", max_models),
+            markup_usd_total,
+            blocked_requests_total,
+            label_overflow_total,
             requests_total,
             tokens_total,
             cost_usd_total,
@@ -163,19 +252,22 @@ impl Metrics {
 
     /// Counts one finished call.
     pub fn observe(&self, record: &LedgerRecord) {
-        let model = record.model.as_deref().unwrap_or("unknown");
+        let model = record
+            .model
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .unwrap_or("unknown");
+        let model = self.models.label(model, &self.label_overflow_total);
+        let agent = self
+            .agents
+            .label(record.agent.as_str(), &self.label_overflow_total);
         let status = match record.status {
             200..=299 => "2xx",
             300..=399 => "3xx",
             400..=499 => "4xx",
             _ => "5xx",
         };
-        let base = [
-            record.provider.as_str(),
-            record.route,
-            model,
-            record.agent.as_str(),
-        ];
+        let base = [record.provider.as_str(), record.route, model, agent];
         self.requests_total
             .with_label_values(&[base[0], base[1], base[2], base[3], status])
             .inc();
@@ -194,6 +286,21 @@ impl Metrics {
         let cost = self.cost_usd_total.with_label_values(&base);
         if let Some(nanos) = record.cost_nanos {
             cost.inc_by(nanos as f64 / 1e9);
+            if let Some(table) = record.table_cost_nanos.filter(|t| *t < nanos) {
+                self.markup_usd_total
+                    .with_label_values(&base)
+                    .inc_by((nanos - table) as f64 / 1e9);
+            }
+        }
+        if let Some(blocked) = &record.blocked_by {
+            let reason = if blocked == "route_policy" {
+                "route_policy"
+            } else {
+                "budget"
+            };
+            self.blocked_requests_total
+                .with_label_values(&[agent, reason])
+                .inc();
         }
         let short = [record.provider.as_str(), record.route];
         self.request_duration_seconds
@@ -236,9 +343,57 @@ impl Metrics {
     /// Counts a call recorded without a price.
     pub fn observe_unpriced(&self, provider: &str, model: &str) {
         let model = if model.is_empty() { "unknown" } else { model };
+        let model = self.models.label(model, &self.label_overflow_total);
         self.unpriced_requests_total
             .with_label_values(&[provider, model])
             .inc();
+    }
+
+    /// Starts the counters from the ledger's totals, so that a restart continues them instead
+    /// of dropping them to zero (Prometheus' `increase()` and `rate()` then see no reset).
+    /// Histograms, markup and the blocked and alert counters start at zero (a reset, which
+    /// `increase()` handles).
+    pub fn seed(&self, totals: &[crate::ledger::query::SeedRow]) {
+        for row in totals {
+            let model = self.models.label(&row.model, &self.label_overflow_total);
+            let agent = self.agents.label(&row.agent, &self.label_overflow_total);
+            let base = [row.provider.as_str(), row.route.as_str(), model, agent];
+            for (class, count) in &row.requests {
+                if *count > 0 {
+                    self.requests_total
+                        .with_label_values(&[base[0], base[1], base[2], base[3], class])
+                        .inc_by(*count);
+                }
+            }
+            for (kind, count) in [
+                ("input", row.input_tokens),
+                ("cache_read", row.cache_read_tokens),
+                ("cache_write", row.cache_write_tokens),
+                ("output", row.output_tokens),
+                ("reasoning", row.reasoning_tokens),
+            ] {
+                self.tokens_total
+                    .with_label_values(&[base[0], base[1], base[2], base[3], kind])
+                    .inc_by(count);
+            }
+            if row.cost_nanos > 0 {
+                self.cost_usd_total
+                    .with_label_values(&base)
+                    .inc_by(row.cost_nanos as f64 / 1e9);
+            }
+            if row.unpriced > 0 {
+                self.unpriced_requests_total
+                    .with_label_values(&[base[0], model])
+                    .inc_by(row.unpriced);
+            }
+            for (status, count) in [("estimated", row.estimated), ("missing", row.missing)] {
+                if count > 0 {
+                    self.usage_unread_total
+                        .with_label_values(&[base[0], status])
+                        .inc_by(count);
+                }
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.

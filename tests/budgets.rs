@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use meter::clock::Clock;
 use serde_json::Value;
 use smtp::{free_port, SmtpMode, SmtpServer};
-use support::{post_json, send, wait_for, FakeProvider, FakeResponse, Piece, Received};
-use tokio::sync::oneshot;
+use support::{
+    call_at, post_json, send, wait_for, FakeProvider, FakeResponse, Instance, Piece, Received,
+};
 
 /// Every test model costs $2.00 per call: 1,000 output tokens at $2,000 per 1M, input free
 /// (so a call's worst case, `max_tokens` = 1,000 at the output price, is exactly its cost).
@@ -71,108 +72,9 @@ fn provider_answer(request: &Received) -> FakeResponse {
 const CHAT: &str =
     r#"{"model":"test-model","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
 
-/// Meter running in this process on `clock`, with its ledger at `db`.
-struct Instance {
-    metrics: std::net::SocketAddr,
-    proxy: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Instance {
-    async fn start(db: &Path, upstream: &str, extra: &str, clock: Clock) -> Instance {
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n\n\
-             [store]\npath = {db:?}\nrefresh_secs = 1\n\n\
-             [[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n\
-             [[provider]]\nname = \"anthropic\"\nupstream = \"{upstream}\"\n\n\
-             [[provider]]\nname = \"gemini\"\nupstream = \"{upstream}\"\n\n\
-             [[provider]]\nname = \"ollama\"\nupstream = \"{upstream}\"\n\n\
-             {PRICES}\n{extra}",
-        );
-        let config = meter::config::Config::from_toml(&toml, "test.toml").unwrap();
-        let listeners = meter::app::Listeners::bind(&config).await.unwrap();
-        let proxy = listeners.proxy.local_addr().unwrap();
-        let metrics = listeners.metrics.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(meter::app::run_at(
-            config,
-            listeners,
-            async move {
-                let _ = stopped.await;
-            },
-            clock,
-        ));
-        Instance {
-            metrics,
-            proxy,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.proxy)
-    }
-
-    async fn call(&self, path: &str, agent: &str, body: &str) -> (u16, http::HeaderMap, Value) {
-        call_at(self.url(path), agent.to_string(), body.to_string()).await
-    }
-
-    async fn metrics_text(&self) -> String {
-        let request = http::Request::get(format!("http://{}/metrics", self.metrics))
-            .body(http_body_util::Full::default())
-            .unwrap();
-        let (_, _, body) = send(request).await;
-        String::from_utf8(body.to_vec()).unwrap()
-    }
-
-    /// A sample's value on /metrics (the first line starting with `series`).
-    async fn sample(&self, series: &str) -> Option<f64> {
-        let text = self.metrics_text().await;
-        text.lines()
-            .find(|line| line.starts_with(series))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    async fn wait_sample(&self, series: &str, want: impl Fn(f64) -> bool) -> f64 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let value = self.sample(series).await;
-            if let Some(v) = value.filter(|v| want(*v)) {
-                return v;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{series} never got there (last {value:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-async fn call_at(url: String, agent: String, body: String) -> (u16, http::HeaderMap, Value) {
-    let mut request = post_json(&url, &body);
-    request
-        .headers_mut()
-        .insert("x-meter-agent", agent.parse().unwrap());
-    let (status, headers, body) = send(request).await;
-    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    (status, headers, json)
+/// Meter on `clock` with the test prices and `extra`.
+async fn start(db: &Path, upstream: &str, extra: &str, clock: Clock) -> Instance {
+    Instance::start(db, upstream, &format!("{PRICES}\n{extra}"), clock).await
 }
 
 fn smtp_toml(port: u16) -> String {
@@ -210,8 +112,8 @@ async fn a_threshold_crossed_by_concurrent_calls_on_two_meters_emails_once_ever(
     );
     let clock = Clock::starting_at(at("2026-11-25T12:00:00Z"));
     // Two meters on one ledger, as on two agent hosts sharing it.
-    let mut first = Instance::start(&db, &upstream.url(), &budget, clock).await;
-    let mut second = Instance::start(&db, &upstream.url(), &budget, clock).await;
+    let mut first = start(&db, &upstream.url(), &budget, clock).await;
+    let mut second = start(&db, &upstream.url(), &budget, clock).await;
     // 8 calls of $2 on each meter at once: $32 against a $10 threshold.
     let mut calls = Vec::new();
     for i in 0..16 {
@@ -283,7 +185,7 @@ async fn a_threshold_crossed_by_concurrent_calls_on_two_meters_emails_once_ever(
     second.stop().await;
 
     // A restart (later the same month) sends nothing more.
-    let mut again = Instance::start(
+    let mut again = start(
         &db,
         &upstream.url(),
         &budget,
@@ -300,7 +202,7 @@ async fn a_threshold_crossed_by_concurrent_calls_on_two_meters_emails_once_ever(
     again.stop().await;
 
     // A new month is a new period: crossing it again alerts again, once.
-    let mut december = Instance::start(
+    let mut december = start(
         &db,
         &upstream.url(),
         &budget,
@@ -331,7 +233,7 @@ async fn an_alert_waits_out_an_smtp_outage_and_arrives_once() {
         smtp_toml(port)
     );
     let clock = Clock::starting_at(at("2026-11-25T12:00:00Z"));
-    let mut meter = Instance::start(&db_in(&dir), &upstream.url(), &budget, clock).await;
+    let mut meter = start(&db_in(&dir), &upstream.url(), &budget, clock).await;
     for _ in 0..2 {
         let (status, _, _) = meter
             .call("/openai/v1/chat/completions", "coder", CHAT)
@@ -391,7 +293,7 @@ async fn a_forecast_over_the_limit_warns_once_but_not_before_enough_of_the_perio
         smtp_toml(smtp.port())
     );
     let clock = Clock::starting_at(at("2026-11-25T12:00:00Z"));
-    let mut meter = Instance::start(&db_in(&dir), &upstream.url(), &budgets, clock).await;
+    let mut meter = start(&db_in(&dir), &upstream.url(), &budgets, clock).await;
     for _ in 0..3 {
         let (status, _, _) = meter
             .call("/openai/v1/chat/completions", "coder", CHAT)
@@ -435,7 +337,7 @@ async fn a_spent_budget_answers_429_in_each_providers_format_and_spares_other_sc
                    [[budget]]\nname = \"strict\"\nperiod = \"month\"\nlimit_usd = 100.0\nagent = \"strict\"\nenforce = true\nunpriced = \"block\"\n\n\
                    [[budget]]\nname = \"open\"\nperiod = \"month\"\nlimit_usd = 100.0\nagent = \"open\"\nenforce = true\n";
     let clock = Clock::starting_at(at("2026-11-25T12:00:00Z"));
-    let mut meter = Instance::start(&db, &upstream.url(), budgets, clock).await;
+    let mut meter = start(&db, &upstream.url(), budgets, clock).await;
     // $0 + $2 < $3, then $2 + $2: the second call is let through (the budget is not yet spent),
     // the third is not.
     for _ in 0..2 {
@@ -558,7 +460,7 @@ async fn a_burst_in_flight_cannot_spend_past_the_limit() {
     let budget =
         "[[budget]]\nname = \"burst\"\nperiod = \"month\"\nlimit_usd = 10.0\nenforce = true\n";
     let clock = Clock::starting_at(at("2026-11-25T12:00:00Z"));
-    let mut meter = Instance::start(&db, &upstream.url(), budget, clock).await;
+    let mut meter = start(&db, &upstream.url(), budget, clock).await;
     let stream = r#"{"model":"test-model","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
     // 12 streams at once, each held open by the provider: $2 worst case each against $10.
     let mut calls = Vec::new();
@@ -631,7 +533,7 @@ async fn the_weekly_email_goes_out_at_its_time_and_once_after_downtime() {
     );
     // Three seconds before Monday 09:00. The slot before (Monday 16 Nov) passed while meter
     // was down, but the next one is minutes away: no catch-up of week 46 just before week 47.
-    let mut meter = Instance::start(
+    let mut meter = start(
         &db,
         &upstream.url(),
         &weekly,
@@ -661,7 +563,7 @@ async fn the_weekly_email_goes_out_at_its_time_and_once_after_downtime() {
     meter.stop().await;
 
     // Restarted the same day: nothing again.
-    let mut again = Instance::start(
+    let mut again = start(
         &db,
         &upstream.url(),
         &weekly,
@@ -674,8 +576,7 @@ async fn the_weekly_email_goes_out_at_its_time_and_once_after_downtime() {
 
     // Down over the next Monday's slot: sent once when meter comes back, then never again.
     for now in ["2026-11-30T12:00:00Z", "2026-11-30T12:05:00Z"] {
-        let mut later =
-            Instance::start(&db, &upstream.url(), &weekly, Clock::starting_at(at(now))).await;
+        let mut later = start(&db, &upstream.url(), &weekly, Clock::starting_at(at(now))).await;
         settle(3).await;
         later.stop().await;
     }
@@ -693,7 +594,7 @@ async fn a_fresh_install_does_not_catch_up_a_report_for_before_it_existed() {
         "{}\n[report.weekly]\nto = [\"team@example.com\"]\n",
         smtp_toml(smtp.port())
     );
-    let mut meter = Instance::start(
+    let mut meter = start(
         &db_in(&dir),
         &upstream.url(),
         &weekly,

@@ -251,9 +251,19 @@ pub struct Config {
     pub prices_file: PathBuf,
     pub review: ReviewConfig,
     pub smtp: SmtpConfig,
+    pub metrics: MetricsConfig,
     pub budgets: Vec<BudgetConfig>,
     /// `[report.weekly]`, when set.
     pub weekly: Option<WeeklyConfig>,
+}
+
+/// `[metrics]`: bounds on label cardinality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Distinct `agent` label values before new ones are counted as `other`.
+    pub max_agents: usize,
+    /// Distinct `model` label values before new ones are counted as `other`.
+    pub max_models: usize,
 }
 
 /// Thresholds of `meter review` (`[review]`).
@@ -343,6 +353,8 @@ const DEFAULT_DRAIN_ON_DISCONNECT_SECS: u64 = 120;
 const DEFAULT_BATCH_SIZE: usize = 512;
 const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_REFRESH_SECS: u64 = 10;
+pub const DEFAULT_METRICS_MAX_AGENTS: usize = 200;
+pub const DEFAULT_METRICS_MAX_MODELS: usize = 300;
 const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 // Reasoning models can think for many minutes before the first byte of a non-streaming answer.
 const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 900;
@@ -363,6 +375,7 @@ struct RawConfig {
     price: Vec<crate::pricing::RawPrice>,
     review: RawReview,
     smtp: alerting::RawSmtp,
+    metrics: RawMetrics,
     budget: Vec<alerting::RawBudget>,
     report: alerting::RawReport,
 }
@@ -380,8 +393,25 @@ impl Default for RawConfig {
             price: Vec::new(),
             review: RawReview::default(),
             smtp: alerting::RawSmtp::default(),
+            metrics: RawMetrics::default(),
             budget: Vec::new(),
             report: alerting::RawReport::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    max_agents: usize,
+    max_models: usize,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            max_agents: DEFAULT_METRICS_MAX_AGENTS,
+            max_models: DEFAULT_METRICS_MAX_MODELS,
         }
     }
 }
@@ -905,11 +935,19 @@ impl RawConfig {
         };
 
         let smtp = self.smtp.validate(base)?;
+        if self.metrics.max_agents == 0 || self.metrics.max_models == 0 {
+            return Err("metrics.max_agents, metrics.max_models: must be at least 1".to_string());
+        }
+        let metrics = MetricsConfig {
+            max_agents: self.metrics.max_agents,
+            max_models: self.metrics.max_models,
+        };
         let budgets = alerting::validate_budgets(self.budget, &agents, &providers)?;
         let weekly = self.report.validate()?;
 
         Ok(Config {
             smtp,
+            metrics,
             budgets,
             weekly,
             timezone,
@@ -951,6 +989,10 @@ batch_size = {DEFAULT_BATCH_SIZE}                         # records per write tr
 busy_timeout_ms = {DEFAULT_BUSY_TIMEOUT_MS}                   # wait this long for a lock before retrying
 refresh_secs = {DEFAULT_REFRESH_SECS}                        # re-read budget spend from the ledger this often
                                          # (calls of other meters on the same ledger)
+
+[metrics]                                # /metrics label cardinality: past these many distinct
+max_agents = {DEFAULT_METRICS_MAX_AGENTS}                         # values, new agents or models are counted as "other"
+max_models = {DEFAULT_METRICS_MAX_MODELS}                         # (meter_label_overflow_total says how often)
 
 [review]                                 # thresholds of `meter review`
 min_savings_usd = 10.0                   # router spend an agent must save on a direct key per quarter

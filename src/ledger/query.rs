@@ -612,3 +612,121 @@ pub fn build_report(
         tz.name().to_string(),
     ))
 }
+
+/// The ledger's all-time totals per agent, provider, model and route: what the counters on
+/// `/metrics` start from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeedRow {
+    pub agent: String,
+    pub provider: String,
+    /// `unknown` for calls without a model (as the metrics name them).
+    pub model: String,
+    pub route: String,
+    /// Calls per HTTP status class (`2xx`, `3xx`, `4xx`, `5xx`).
+    pub requests: Vec<(&'static str, u64)>,
+    pub input_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost_nanos: i64,
+    pub unpriced: u64,
+    pub estimated: u64,
+    pub missing: u64,
+}
+
+/// All-time totals from the hourly rollup, with the non-2xx calls split by status class from
+/// the rows (an index keeps that to the failed calls).
+pub fn seed_totals(conn: &Connection) -> rusqlite::Result<Vec<SeedRow>> {
+    type Key = (String, String, String, String);
+    let metric_model = |model: String| {
+        if model == "(unknown)" || model.is_empty() {
+            "unknown".to_string()
+        } else {
+            model
+        }
+    };
+    let n = |row: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<u64> {
+        Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+    };
+    let mut rows: std::collections::BTreeMap<Key, (SeedRow, u64)> = Default::default();
+    let mut statement = conn.prepare(
+        "SELECT agent, provider, model, route, sum(requests), sum(input_tokens),
+            sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
+            sum(reasoning_tokens), sum(cost_nanos), sum(unpriced_requests),
+            sum(estimated_requests), sum(missing_requests)
+         FROM usage_hourly GROUP BY 1, 2, 3, 4",
+    )?;
+    let mut query = statement.query([])?;
+    while let Some(row) = query.next()? {
+        let key: Key = (
+            row.get(0)?,
+            row.get(1)?,
+            metric_model(row.get(2)?),
+            row.get(3)?,
+        );
+        let seed = SeedRow {
+            agent: key.0.clone(),
+            provider: key.1.clone(),
+            model: key.2.clone(),
+            route: key.3.clone(),
+            requests: Vec::new(),
+            input_tokens: n(row, 5)?,
+            cache_read_tokens: n(row, 6)?,
+            cache_write_tokens: n(row, 7)?,
+            output_tokens: n(row, 8)?,
+            reasoning_tokens: n(row, 9)?,
+            cost_nanos: row.get::<_, Option<i64>>(10)?.unwrap_or(0),
+            unpriced: n(row, 11)?,
+            estimated: n(row, 12)?,
+            missing: n(row, 13)?,
+        };
+        let requests = n(row, 4)?;
+        let entry = rows.entry(key).or_insert_with(|| (SeedRow::default(), 0));
+        let total = entry.1 + requests;
+        let mut merged = seed;
+        if entry.1 > 0 {
+            merged.input_tokens += entry.0.input_tokens;
+            merged.cache_read_tokens += entry.0.cache_read_tokens;
+            merged.cache_write_tokens += entry.0.cache_write_tokens;
+            merged.output_tokens += entry.0.output_tokens;
+            merged.reasoning_tokens += entry.0.reasoning_tokens;
+            merged.cost_nanos += entry.0.cost_nanos;
+            merged.unpriced += entry.0.unpriced;
+            merged.estimated += entry.0.estimated;
+            merged.missing += entry.0.missing;
+        }
+        *entry = (merged, total);
+    }
+    let mut failed = conn.prepare(
+        "SELECT agent, provider, coalesce(nullif(model, ''), '(unknown)'), route, status / 100,
+            count(*)
+         FROM usage WHERE status >= 300 GROUP BY 1, 2, 3, 4, 5",
+    )?;
+    let mut query = failed.query([])?;
+    while let Some(row) = query.next()? {
+        let key: Key = (
+            row.get(0)?,
+            row.get(1)?,
+            metric_model(row.get(2)?),
+            row.get(3)?,
+        );
+        let class = match row.get::<_, i64>(4)? {
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        let count = n(row, 5)?;
+        if let Some((seed, _)) = rows.get_mut(&key) {
+            seed.requests.push((class, count));
+        }
+    }
+    Ok(rows
+        .into_values()
+        .map(|(mut seed, total)| {
+            let failed: u64 = seed.requests.iter().map(|(_, c)| *c).sum();
+            seed.requests.push(("2xx", total.saturating_sub(failed)));
+            seed
+        })
+        .collect())
+}

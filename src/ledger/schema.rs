@@ -71,8 +71,9 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// The schema version this build writes: the plain migrations, the rollup, the alerts.
-pub const VERSION: i64 = MIGRATIONS.len() as i64 + 2;
+/// The schema version this build writes: the plain migrations, the rollup, the alerts, the
+/// failed-calls index.
+pub const VERSION: i64 = MIGRATIONS.len() as i64 + 3;
 
 /// The figures the hourly rollup keeps, as (column, expression over a `usage` row `R`).
 const ROLLUP_FIGURES: &[(&str, &str)] = &[
@@ -189,11 +190,18 @@ const ALERTS_MIGRATION: &str = r#"
     CREATE INDEX alert_outbox_due ON alert_outbox (status, next_attempt);
 "#;
 
+/// v6: the calls that did not succeed, indexed, so the metrics can start from the ledger's
+/// totals per status class without reading every row.
+const FAILED_CALLS_MIGRATION: &str = r#"
+    CREATE INDEX usage_not_2xx ON usage (status) WHERE status >= 300;
+"#;
+
 /// Every migration, in order.
 fn migrations() -> Vec<String> {
     let mut all: Vec<String> = MIGRATIONS.iter().map(|m| m.to_string()).collect();
     all.push(rollup_migration());
     all.push(ALERTS_MIGRATION.to_string());
+    all.push(FAILED_CALLS_MIGRATION.to_string());
     all
 }
 

@@ -15,6 +15,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use meter::clock::Clock;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -628,4 +630,112 @@ impl Drop for BinMeter {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Meter running in this process on a given clock, with its ledger at a given path (kept
+/// across restarts).
+pub struct Instance {
+    pub metrics: std::net::SocketAddr,
+    pub proxy: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Instance {
+    /// Meter on ephemeral ports with its ledger at `db` (kept across restarts), every
+    /// built-in provider the tests use routed to `upstream`, and `extra` appended.
+    pub async fn start(db: &Path, upstream: &str, extra: &str, clock: Clock) -> Instance {
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n\n\
+             [store]\npath = {db:?}\nrefresh_secs = 1\n\n\
+             [[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n\
+             [[provider]]\nname = \"anthropic\"\nupstream = \"{upstream}\"\n\n\
+             [[provider]]\nname = \"gemini\"\nupstream = \"{upstream}\"\n\n\
+             [[provider]]\nname = \"ollama\"\nupstream = \"{upstream}\"\n\n\
+             {extra}",
+        );
+        let config = meter::config::Config::from_toml(&toml, "test.toml").unwrap();
+        let listeners = meter::app::Listeners::bind(&config).await.unwrap();
+        let proxy = listeners.proxy.local_addr().unwrap();
+        let metrics = listeners.metrics.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(meter::app::run_at(
+            config,
+            listeners,
+            async move {
+                let _ = stopped.await;
+            },
+            clock,
+        ));
+        Instance {
+            metrics,
+            proxy,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub async fn call(&self, path: &str, agent: &str, body: &str) -> (u16, http::HeaderMap, Value) {
+        call_at(self.url(path), agent.to_string(), body.to_string()).await
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let request = http::Request::get(format!("http://{}/metrics", self.metrics))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let (_, _, body) = send(request).await;
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// A sample's value on /metrics (the first line starting with `series`).
+    pub async fn sample(&self, series: &str) -> Option<f64> {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub async fn wait_sample(&self, series: &str, want: impl Fn(f64) -> bool) -> f64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = self.sample(series).await;
+            if let Some(v) = value.filter(|v| want(*v)) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{series} never got there (last {value:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+/// Sends `body` to `url` as `agent` (`X-Meter-Agent`); the answer's status, headers and JSON.
+pub async fn call_at(url: String, agent: String, body: String) -> (u16, http::HeaderMap, Value) {
+    let mut request = post_json(&url, &body);
+    request
+        .headers_mut()
+        .insert("x-meter-agent", agent.parse().unwrap());
+    let (status, headers, body) = send(request).await;
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (status, headers, json)
 }
