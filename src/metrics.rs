@@ -111,6 +111,9 @@ impl Metrics {
             ),
             &["label"],
         )?;
+        for label in ["agent", "model"] {
+            label_overflow_total.with_label_values(&[label]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("meter_build_info", "meter's version; always 1."),
             &["version"],

@@ -1,0 +1,413 @@
+//! The shipped dashboards and alert rules against a real Prometheus (Debian's `prometheus`)
+//! scraping a real meter: traffic of every kind goes through meter, Prometheus scrapes it, and
+//! every PromQL expression in every dashboard panel and every alert rule is evaluated over the
+//! HTTP API: each must parse, and each panel must return data.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/smtp.rs"]
+mod smtp;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use meter::clock::Clock;
+use serde_json::Value;
+use support::{FakeProvider, FakeResponse, Instance, Received};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Answers like OpenAI; `no-usage-*` models answer without usage (meter estimates it),
+/// `fail-*` models with a 500.
+fn answer(request: &Received) -> FakeResponse {
+    let asked: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+    let model = asked["model"].as_str().unwrap_or("m-1").to_string();
+    if model.starts_with("fail-") {
+        return FakeResponse::json(500, r#"{"error":{"message":"boom","type":"server_error"}}"#);
+    }
+    let usage = if model.starts_with("no-usage-") {
+        String::new()
+    } else {
+        r#","usage":{"prompt_tokens":1000,"completion_tokens":500,"total_tokens":1500,"prompt_tokens_details":{"cached_tokens":200}}"#.to_string()
+    };
+    FakeResponse::json(
+        200,
+        format!(
+            r#"{{"id":"c","object":"chat.completion","model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"hello there"}},"finish_reason":"stop"}}]{usage}}}"#
+        ),
+    )
+}
+
+/// Prometheus on a free loopback port, scraping `target` every second; killed on drop.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Prometheus {
+        let binary = which("prometheus").unwrap_or_else(|| {
+            panic!(
+                "prometheus is not installed: install Debian's `prometheus` package (.ci/run does)"
+            )
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let rules: Vec<String> = std::fs::read_dir(repo("alerts"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                name.ends_with(".yml") && !name.contains(".test.")
+            })
+            .map(|p| format!("  - {:?}", p.display().to_string()))
+            .collect();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: meter\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                rules.join("\n")
+            ),
+        )
+        .unwrap();
+        let port = smtp::free_port();
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let prometheus = Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        prometheus.wait_ready();
+        prometheus
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if get(&format!("{}/-/ready", self.url)).is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("prometheus did not get ready in 30 s");
+    }
+
+    /// `/api/v1/query?query=...`: the JSON answer.
+    fn query(&self, expr: &str) -> Value {
+        let url = format!("{}/api/v1/query?query={}", self.url, encode(expr));
+        let (_, body) = get(&url).unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A blocking GET on loopback with a plain HTTP/1.1 request: (status, body).
+fn get(url: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_at(rest.find('/')?);
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Grafana's variables as a dashboard query would see them with "All" selected; a fallback to
+/// zero (`or vector(0)`) on meter's metrics is taken off, so that "returns data" means meter's
+/// metrics did (a count of instances down is rightly empty without it).
+fn substitute(expr: &str) -> String {
+    let mut out = if expr.contains("meter_") {
+        expr.replace(" or on() vector(0)", "")
+            .replace(" or vector(0)", "")
+    } else {
+        expr.to_string()
+    };
+    for (var, value) in [
+        ("$__rate_interval", "30s"),
+        ("${__rate_interval}", "30s"),
+        ("$__interval", "5s"),
+        ("${__interval}", "5s"),
+        ("$__range", "1h"),
+        ("${__range}", "1h"),
+    ] {
+        out = out.replace(var, value);
+    }
+    // Every other variable (`$agent`, `${provider}`, ...) is a multi-value "All": `.*`.
+    let mut result = String::new();
+    let mut chars = out.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            result.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'{') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c == '}' {
+                    break;
+                }
+            }
+        } else {
+            while chars
+                .peek()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+            {
+                chars.next();
+            }
+        }
+        result.push_str(".*");
+    }
+    result
+}
+
+/// Every panel (rows included) of a dashboard: (title, exprs).
+fn panels(dashboard: &Value) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut stack: Vec<&Value> = dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = stack.pop() {
+        if let Some(nested) = panel["panels"].as_array() {
+            stack.extend(nested.iter());
+        }
+        if panel["type"] == "row" {
+            continue;
+        }
+        let exprs: Vec<String> = panel["targets"]
+            .as_array()
+            .map(|targets| {
+                targets
+                    .iter()
+                    .filter(|t| t["hide"] != true)
+                    .filter_map(|t| t["expr"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((panel["title"].as_str().unwrap_or("").to_string(), exprs));
+    }
+    out
+}
+
+/// The alert rules' (name, expr), read from the YAML with Python's yaml (the tests' only
+/// YAML reader).
+fn rules() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo("alerts")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".yml") || name.contains(".test.") {
+            continue;
+        }
+        let output = Command::new("python3")
+            .args([
+                "-c",
+                "import yaml,json,sys; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+        for group in doc["groups"].as_array().unwrap() {
+            for rule in group["rules"].as_array().unwrap() {
+                let name = rule["alert"]
+                    .as_str()
+                    .or(rule["record"].as_str())
+                    .unwrap()
+                    .to_string();
+                out.push((name, rule["expr"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_dashboard_panel_and_alert_rule_works_against_real_prometheus() {
+    let smtp = smtp::SmtpServer::start(smtp::SmtpMode::Plain);
+    let upstream = FakeProvider::start(answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("meter.db");
+    let extra = format!(
+        "[[provider]]\nname = \"openrouter\"\nupstream = \"{}\"\nmarkup = 0.055\n\n\
+         [[price]]\nprovider = \"*\"\nmodel = \"m-*\"\neffective = \"2020-01-01\"\ninput = 2.0\noutput = 8.0\ncache_read = 0.5\n\n\
+         [[price]]\nprovider = \"*\"\nmodel = \"no-usage-*\"\neffective = \"2020-01-01\"\ninput = 2.0\noutput = 8.0\n\n\
+         [smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"meter@example.com\"\n\n\
+         [[budget]]\nname = \"team-monthly\"\nperiod = \"month\"\nlimit_usd = 0.01\nalert_at = [0.5]\nforecast_alert = true\nforecast_min_elapsed = 0.0\nnotify = [\"ops@example.com\"]\n\n\
+         [[budget]]\nname = \"capped\"\nperiod = \"day\"\nlimit_usd = 0.000001\nagent = \"capped\"\nenforce = true\n",
+        upstream.url(),
+        smtp.port(),
+    );
+    let mut meter =
+        Instance::start(&db, &upstream.url(), &extra, Clock::starting_at(Utc::now())).await;
+    let prometheus = Prometheus::start(meter.metrics);
+    // Traffic of every kind, spread over a few scrapes.
+    for round in 0..4 {
+        for (path, agent, model) in [
+            ("/openai/v1/chat/completions", "coder", "m-1"),
+            ("/openai/v1/chat/completions", "writer", "m-2"),
+            ("/openrouter/v1/chat/completions", "coder", "m-1"),
+            ("/openai/v1/chat/completions", "coder", "fail-1"),
+            ("/openai/v1/chat/completions", "writer", "no-usage-1"),
+            ("/openai/v1/chat/completions", "writer", "mystery-1"),
+            ("/openai/v1/chat/completions", "capped", "m-1"),
+            ("/ollama/v1/chat/completions", "coder", "llama3"),
+        ] {
+            let body = format!(
+                r#"{{"model":"{model}","max_tokens":500,"messages":[{{"role":"user","content":"hello number {round}"}}]}}"#
+            );
+            meter.call(path, agent, &body).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+    }
+    meter
+        .wait_sample("meter_alerts_sent_total{kind=\"threshold\"}", |v| v >= 1.0)
+        .await;
+    // Enough scrapes after the last call for rates over 30 s windows.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The rules load in Prometheus, and each rule's expression parses.
+    let (_, body) = get(&format!("{}/api/v1/rules", prometheus.url)).unwrap();
+    let loaded: Value = serde_json::from_str(&body).unwrap();
+    let groups = loaded["data"]["groups"].as_array().unwrap();
+    assert!(!groups.is_empty(), "no rule group loaded: {body}");
+    for group in groups {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_ne!(rule["health"], "err", "{rule}");
+        }
+    }
+    let rules = rules();
+    assert!(!rules.is_empty());
+    for (name, expr) in &rules {
+        let answer = prometheus.query(expr);
+        assert_eq!(answer["status"], "success", "rule {name}: {expr}\n{answer}");
+    }
+
+    // Every panel's every query parses and returns data.
+    let mut checked = 0;
+    let mut empty = Vec::new();
+    for entry in std::fs::read_dir(repo("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (title, exprs) in panels(&dashboard) {
+            assert!(
+                !exprs.is_empty(),
+                "{}: panel {title:?} has no query",
+                path.display()
+            );
+            for expr in exprs {
+                let query = substitute(&expr);
+                let answer = prometheus.query(&query);
+                assert_eq!(
+                    answer["status"],
+                    "success",
+                    "{}: panel {title:?}: {query}\n{answer}",
+                    path.display()
+                );
+                let result = &answer["data"]["result"];
+                let has_data = match answer["data"]["resultType"].as_str() {
+                    Some("vector") | Some("matrix") => {
+                        result.as_array().is_some_and(|r| !r.is_empty())
+                    }
+                    _ => !result.is_null(),
+                };
+                if !has_data {
+                    empty.push(format!("{}: {title:?}: {query}", path.display()));
+                }
+                checked += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{checked} panel queries and {} alert rules evaluated",
+        rules.len()
+    );
+    assert!(checked >= 20, "only {checked} panel queries found");
+    assert!(
+        empty.is_empty(),
+        "panels without data:\n{}",
+        empty.join("\n")
+    );
+    meter.stop().await;
+}
