@@ -2,11 +2,29 @@
 //! one place from each finished [`LedgerRecord`] so that `/metrics` and the ledger agree.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+mod usd;
+
+use std::sync::Arc;
+
 use crate::ledger::LedgerRecord;
+pub use usd::UsdCounterVec;
+
+/// Registers a collector the metrics keep a handle on.
+struct SharedCollector(Arc<UsdCounterVec>);
+
+impl prometheus::core::Collector for SharedCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
 use crate::usage::UsageStatus;
 
 /// Buckets for LLM calls: tens of milliseconds up to twenty minutes.
@@ -56,12 +74,12 @@ pub struct Metrics {
     registry: Registry,
     agents: LabelCap,
     models: LabelCap,
-    pub markup_usd_total: CounterVec,
+    pub markup_usd_total: Arc<UsdCounterVec>,
     pub blocked_requests_total: IntCounterVec,
     pub label_overflow_total: IntCounterVec,
     pub requests_total: IntCounterVec,
     pub tokens_total: IntCounterVec,
-    pub cost_usd_total: CounterVec,
+    pub cost_usd_total: Arc<UsdCounterVec>,
     pub unpriced_requests_total: IntCounterVec,
     pub request_duration_seconds: HistogramVec,
     pub time_to_first_byte_seconds: HistogramVec,
@@ -90,13 +108,11 @@ impl Metrics {
     /// The metrics with at most `max_agents` agent and `max_models` model label values.
     pub fn with_caps(max_agents: usize, max_models: usize) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let markup_usd_total = CounterVec::new(
-            Opts::new(
-                "meter_markup_usd_total",
-                "The part of the spend above the rate table's list price: what a router (or a configured markup) added.",
-            ),
+        let markup_usd_total = Arc::new(UsdCounterVec::new(
+            "meter_markup_usd_total",
+            "The part of the spend above the rate table's list price: what a router (or a configured markup) added.",
             &["provider", "route", "model", "agent"],
-        )?;
+        )?);
         let blocked_requests_total = IntCounterVec::new(
             Opts::new(
                 "meter_blocked_requests_total",
@@ -121,7 +137,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        registry.register(Box::new(markup_usd_total.clone()))?;
+        registry.register(Box::new(SharedCollector(markup_usd_total.clone())))?;
         registry.register(Box::new(blocked_requests_total.clone()))?;
         registry.register(Box::new(label_overflow_total.clone()))?;
         registry.register(Box::new(build_info))?;
@@ -139,13 +155,11 @@ impl Metrics {
             ),
             &["provider", "route", "model", "agent", "type"],
         )?;
-        let cost_usd_total = CounterVec::new(
-            Opts::new(
-                "meter_cost_usd_total",
-                "Spend in USD: the provider-reported cost where there is one, else the rate table's price (markup included). Unpriced calls add nothing; see meter_unpriced_requests_total.",
-            ),
+        let cost_usd_total = Arc::new(UsdCounterVec::new(
+            "meter_cost_usd_total",
+            "Spend in USD: the provider-reported cost where there is one, else the rate table's price (markup included). Unpriced calls add nothing; see meter_unpriced_requests_total.",
             &["provider", "route", "model", "agent"],
-        )?;
+        )?);
         let unpriced_requests_total = IntCounterVec::new(
             Opts::new(
                 "meter_unpriced_requests_total",
@@ -222,7 +236,7 @@ impl Metrics {
         registry.register(Box::new(alert_failures_total.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(tokens_total.clone()))?;
-        registry.register(Box::new(cost_usd_total.clone()))?;
+        registry.register(Box::new(SharedCollector(cost_usd_total.clone())))?;
         registry.register(Box::new(unpriced_requests_total.clone()))?;
         registry.register(Box::new(request_duration_seconds.clone()))?;
         registry.register(Box::new(time_to_first_byte_seconds.clone()))?;
@@ -286,13 +300,12 @@ impl Metrics {
                 .with_label_values(&[base[0], base[1], base[2], base[3], kind])
                 .inc_by(count);
         }
-        let cost = self.cost_usd_total.with_label_values(&base);
+        // Every priced series exists (at 0 for a free call), so spend panels show its calls.
+        self.cost_usd_total
+            .add(&base, record.cost_nanos.unwrap_or(0).max(0));
         if let Some(nanos) = record.cost_nanos {
-            cost.inc_by(nanos as f64 / 1e9);
             if let Some(table) = record.table_cost_nanos.filter(|t| *t < nanos) {
-                self.markup_usd_total
-                    .with_label_values(&base)
-                    .inc_by((nanos - table) as f64 / 1e9);
+                self.markup_usd_total.add(&base, nanos - table);
             }
         }
         if let Some(blocked) = &record.blocked_by {
@@ -379,11 +392,7 @@ impl Metrics {
                     .with_label_values(&[base[0], base[1], base[2], base[3], kind])
                     .inc_by(count);
             }
-            if row.cost_nanos > 0 {
-                self.cost_usd_total
-                    .with_label_values(&base)
-                    .inc_by(row.cost_nanos as f64 / 1e9);
-            }
+            self.cost_usd_total.add(&base, row.cost_nanos.max(0));
             if row.unpriced > 0 {
                 self.unpriced_requests_total
                     .with_label_values(&[base[0], model])
