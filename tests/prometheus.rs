@@ -50,7 +50,12 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: std::net::SocketAddr) -> Prometheus {
+    fn start(targets: &[std::net::SocketAddr]) -> Prometheus {
+        let targets = targets
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let binary = which("prometheus").unwrap_or_else(|| {
             panic!(
                 "prometheus is not installed: install Debian's `prometheus` package (.ci/run does)"
@@ -70,7 +75,7 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: meter\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: meter\n    static_configs:\n      - targets: [{targets}]\n",
                 rules.join("\n")
             ),
         )
@@ -304,7 +309,6 @@ async fn every_dashboard_panel_and_alert_rule_works_against_real_prometheus() {
     let smtp = smtp::SmtpServer::start(smtp::SmtpMode::Plain);
     let upstream = FakeProvider::start(answer).await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("meter.db");
     let extra = format!(
         "[[provider]]\nname = \"openrouter\"\nupstream = \"{}\"\nmarkup = 0.055\n\n\
          [[price]]\nprovider = \"*\"\nmodel = \"m-*\"\neffective = \"2020-01-01\"\ninput = 2.0\noutput = 8.0\ncache_read = 0.5\n\n\
@@ -315,11 +319,22 @@ async fn every_dashboard_panel_and_alert_rule_works_against_real_prometheus() {
         upstream.url(),
         smtp.port(),
     );
-    let mut meter =
-        Instance::start(&db, &upstream.url(), &extra, Clock::starting_at(Utc::now())).await;
-    let prometheus = Prometheus::start(meter.metrics);
-    // Traffic of every kind, spread over a few scrapes.
+    // Two meters (two agent hosts, a ledger each) scraped by one Prometheus.
+    let clock = Clock::starting_at(Utc::now());
+    let mut meter = Instance::start(&dir.path().join("a.db"), &upstream.url(), &extra, clock).await;
+    let mut other = Instance::start(&dir.path().join("b.db"), &upstream.url(), &extra, clock).await;
+    let prometheus = Prometheus::start(&[meter.metrics, other.metrics]);
+    // Traffic of every kind on the first, spread over a few scrapes; plain calls on the second.
     for round in 0..4 {
+        for _ in 0..=round {
+            other
+                .call(
+                    "/openai/v1/chat/completions",
+                    "coder",
+                    r#"{"model":"m-1","messages":[{"role":"user","content":"hi"}]}"#,
+                )
+                .await;
+        }
         for (path, agent, model) in [
             ("/openai/v1/chat/completions", "coder", "m-1"),
             ("/openai/v1/chat/completions", "writer", "m-2"),
@@ -342,6 +357,15 @@ async fn every_dashboard_panel_and_alert_rule_works_against_real_prometheus() {
         .await;
     // Enough scrapes after the last call for rates over 30 s windows.
     tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Queries add up both instances: coder's m-1 calls on openai, one a round (4) on the first
+    // meter and 1 + 2 + 3 + 4 (10) on the second.
+    let answer = prometheus.query(
+        r#"sum(meter_requests_total{agent="coder",model="m-1",provider="openai",status="2xx"})"#,
+    );
+    assert_eq!(answer["data"]["result"][0]["value"][1], "14", "{answer}");
+    let answer = prometheus.query(r#"count(up{job="meter"} == 1)"#);
+    assert_eq!(answer["data"]["result"][0]["value"][1], "2", "{answer}");
 
     // The rules load in Prometheus, and each rule's expression parses.
     let (_, body) = get(&format!("{}/api/v1/rules", prometheus.url)).unwrap();
@@ -410,4 +434,5 @@ async fn every_dashboard_panel_and_alert_rule_works_against_real_prometheus() {
         empty.join("\n")
     );
     meter.stop().await;
+    other.stop().await;
 }
