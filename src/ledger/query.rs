@@ -639,32 +639,26 @@ pub struct SeedRow {
 /// the rows (an index keeps that to the failed calls).
 pub fn seed_totals(conn: &Connection) -> rusqlite::Result<Vec<SeedRow>> {
     type Key = (String, String, String, String);
-    let metric_model = |model: String| {
-        if model == "(unknown)" || model.is_empty() {
-            "unknown".to_string()
-        } else {
-            model
-        }
-    };
+    // The rollup says `(unknown)` where the metrics say `unknown`.
+    const MODEL: &str =
+        "CASE WHEN coalesce(model, '') IN ('(unknown)', '') THEN 'unknown' ELSE model END";
     let n = |row: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<u64> {
         Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
     };
+    let key = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Key> {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    };
     let mut rows: std::collections::BTreeMap<Key, (SeedRow, u64)> = Default::default();
-    let mut statement = conn.prepare(
-        "SELECT agent, provider, model, route, sum(requests), sum(input_tokens),
+    let mut statement = conn.prepare(&format!(
+        "SELECT agent, provider, {MODEL}, route, sum(requests), sum(input_tokens),
             sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
             sum(reasoning_tokens), sum(cost_nanos), sum(unpriced_requests),
             sum(estimated_requests), sum(missing_requests)
-         FROM usage_hourly GROUP BY 1, 2, 3, 4",
-    )?;
+         FROM usage_hourly GROUP BY 1, 2, 3, 4"
+    ))?;
     let mut query = statement.query([])?;
     while let Some(row) = query.next()? {
-        let key: Key = (
-            row.get(0)?,
-            row.get(1)?,
-            metric_model(row.get(2)?),
-            row.get(3)?,
-        );
+        let key = key(row)?;
         let seed = SeedRow {
             agent: key.0.clone(),
             provider: key.1.clone(),
@@ -681,43 +675,21 @@ pub fn seed_totals(conn: &Connection) -> rusqlite::Result<Vec<SeedRow>> {
             estimated: n(row, 12)?,
             missing: n(row, 13)?,
         };
-        let requests = n(row, 4)?;
-        let entry = rows.entry(key).or_insert_with(|| (SeedRow::default(), 0));
-        let total = entry.1 + requests;
-        let mut merged = seed;
-        if entry.1 > 0 {
-            merged.input_tokens += entry.0.input_tokens;
-            merged.cache_read_tokens += entry.0.cache_read_tokens;
-            merged.cache_write_tokens += entry.0.cache_write_tokens;
-            merged.output_tokens += entry.0.output_tokens;
-            merged.reasoning_tokens += entry.0.reasoning_tokens;
-            merged.cost_nanos += entry.0.cost_nanos;
-            merged.unpriced += entry.0.unpriced;
-            merged.estimated += entry.0.estimated;
-            merged.missing += entry.0.missing;
-        }
-        *entry = (merged, total);
+        rows.insert(key, (seed, n(row, 4)?));
     }
-    let mut failed = conn.prepare(
-        "SELECT agent, provider, coalesce(nullif(model, ''), '(unknown)'), route, status / 100,
-            count(*)
-         FROM usage WHERE status >= 300 GROUP BY 1, 2, 3, 4, 5",
-    )?;
+    let mut failed = conn.prepare(&format!(
+        "SELECT agent, provider, {MODEL}, route, status / 100, count(*)
+         FROM usage WHERE status >= 300 GROUP BY 1, 2, 3, 4, 5"
+    ))?;
     let mut query = failed.query([])?;
     while let Some(row) = query.next()? {
-        let key: Key = (
-            row.get(0)?,
-            row.get(1)?,
-            metric_model(row.get(2)?),
-            row.get(3)?,
-        );
         let class = match row.get::<_, i64>(4)? {
             3 => "3xx",
             4 => "4xx",
             _ => "5xx",
         };
         let count = n(row, 5)?;
-        if let Some((seed, _)) = rows.get_mut(&key) {
+        if let Some((seed, _)) = rows.get_mut(&key(row)?) {
             seed.requests.push((class, count));
         }
     }
@@ -729,4 +701,42 @@ pub fn seed_totals(conn: &Connection) -> rusqlite::Result<Vec<SeedRow>> {
             seed
         })
         .collect())
+}
+
+#[cfg(test)]
+mod seed_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn seed_totals_split_status_classes_and_name_unknown_models() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::ledger::schema::migrate(&mut conn).unwrap();
+        for (model, status, cost) in [
+            (Some("m"), 200, Some(5)),
+            (Some("m"), 200, Some(7)),
+            (Some("m"), 502, None),
+            (None, 429, None),
+            (None, 200, None),
+        ] {
+            conn.execute(
+                "INSERT INTO usage (ts, agent, provider, route, model, status, cost_nanos, output_tokens)
+                 VALUES ('2026-11-01T10:00:00.000Z', 'a', 'openai', 'direct', ?1, ?2, ?3, 10)",
+                params![model, status, cost],
+            )
+            .unwrap();
+        }
+        let rows = seed_totals(&conn).unwrap();
+        let find = |model: &str| rows.iter().find(|r| r.model == model).unwrap();
+        let m = find("m");
+        let mut classes = m.requests.clone();
+        classes.sort();
+        assert_eq!(classes, [("2xx", 2), ("5xx", 1)]);
+        assert_eq!(m.cost_nanos, 12);
+        assert_eq!(m.output_tokens, 30);
+        let unknown = find("unknown");
+        let mut classes = unknown.requests.clone();
+        classes.sort();
+        assert_eq!(classes, [("2xx", 1), ("4xx", 1)]);
+    }
 }
