@@ -240,6 +240,41 @@ fn substitute(expr: &str) -> String {
     result
 }
 
+/// The `meter_*` metric names in a text, histogram suffixes taken off.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("meter_") {
+        let start = i + at;
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end].is_ascii_digit()
+                || bytes[end] == b'_')
+        {
+            end += 1;
+        }
+        if boundary {
+            let mut name = &text[start..end];
+            for suffix in ["_bucket", "_sum", "_count"] {
+                if let Some(base) = name.strip_suffix(suffix) {
+                    if base.ends_with("_seconds") {
+                        name = base;
+                    }
+                }
+            }
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        i = end.max(start + 1);
+    }
+    names
+}
+
 /// Every panel (rows included) of a dashboard: (title, exprs).
 fn panels(dashboard: &Value) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
@@ -379,6 +414,23 @@ async fn every_dashboard_panel_and_alert_rule_works_against_real_prometheus() {
     }
     let rules = rules();
     assert!(!rules.is_empty());
+    // No rule or panel names a metric meter does not export.
+    let exported = meter.metrics_text().await;
+    let mut texts: Vec<String> = rules.iter().map(|(_, expr)| expr.clone()).collect();
+    for entry in std::fs::read_dir(repo("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            texts.push(std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    for text in &texts {
+        for name in metric_names(text) {
+            assert!(
+                exported.contains(&format!("# TYPE {name} ")),
+                "{name} is not exported by meter"
+            );
+        }
+    }
     for (name, expr) in &rules {
         let answer = prometheus.query(expr);
         assert_eq!(answer["status"], "success", "rule {name}: {expr}\n{answer}");
