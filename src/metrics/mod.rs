@@ -38,7 +38,7 @@ const DURATION_BUCKETS: &[f64] = &[
 struct LabelCap {
     name: &'static str,
     max: usize,
-    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    seen: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl LabelCap {
@@ -46,13 +46,17 @@ impl LabelCap {
         LabelCap {
             name,
             max,
-            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            seen: std::sync::RwLock::new(std::collections::HashSet::new()),
         }
     }
 
-    /// `value` while it is among the first `max` distinct values seen, else `other`.
+    /// `value` while it is among the first `max` distinct values seen, else `other`. A value
+    /// seen before costs a shared read lock.
     fn label<'a>(&self, value: &'a str, overflow: &IntCounterVec) -> &'a str {
-        let Ok(mut seen) = self.seen.lock() else {
+        if self.seen.read().is_ok_and(|seen| seen.contains(value)) {
+            return value;
+        }
+        let Ok(mut seen) = self.seen.write() else {
             return value;
         };
         if seen.contains(value) {

@@ -4,108 +4,55 @@
 //! hair lower than before, which Prometheus reads as a counter reset, and `increase()` would
 //! count the whole total again. Integers make the value after a restart exactly the value before.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
-
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, Opts};
 
+/// An integer counter of nano-dollars (prometheus' own vector: label lookups without
+/// allocation), exported divided by 1e9.
 pub struct UsdCounterVec {
-    desc: Desc,
-    labels: Vec<String>,
-    values: RwLock<HashMap<Vec<String>, Arc<AtomicI64>>>,
+    nanos: IntCounterVec,
 }
 
 impl UsdCounterVec {
     pub fn new(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<UsdCounterVec> {
-        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
         Ok(UsdCounterVec {
-            desc: Desc::new(
-                name.to_string(),
-                help.to_string(),
-                labels.clone(),
-                HashMap::new(),
-            )?,
-            labels,
-            values: RwLock::new(HashMap::new()),
+            nanos: IntCounterVec::new(Opts::new(name, help), labels)?,
         })
     }
 
-    /// Adds `nanos` (1e-9 USD) to the series with these label values (in the order given to
-    /// `new`).
+    /// Adds `nanos` (1e-9 USD; negative amounts are ignored) to the series with these label
+    /// values (in the order given to `new`).
     pub fn add(&self, values: &[&str], nanos: i64) {
-        if let Ok(map) = self.values.read() {
-            if let Some(cell) = map.get(&values.iter().map(|v| v.to_string()).collect::<Vec<_>>()) {
-                cell.fetch_add(nanos, Ordering::Relaxed);
-                return;
-            }
-        }
-        if let Ok(mut map) = self.values.write() {
-            map.entry(values.iter().map(|v| v.to_string()).collect())
-                .or_insert_with(|| Arc::new(AtomicI64::new(0)))
-                .fetch_add(nanos, Ordering::Relaxed);
-        }
+        self.nanos
+            .with_label_values(values)
+            .inc_by(u64::try_from(nanos).unwrap_or(0));
     }
 
     /// The series' value in nano-dollars (tests).
     pub fn nanos(&self, values: &[&str]) -> Option<i64> {
-        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        self.values
-            .read()
-            .ok()?
-            .get(&key)
-            .map(|cell| cell.load(Ordering::Relaxed))
+        self.nanos
+            .get_metric_with_label_values(values)
+            .ok()
+            .and_then(|counter| i64::try_from(counter.get()).ok())
     }
 }
 
 impl Collector for UsdCounterVec {
     fn desc(&self) -> Vec<&Desc> {
-        vec![&self.desc]
+        self.nanos.desc()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let mut family = MetricFamily::default();
-        family.set_name(self.desc.fq_name.clone());
-        family.set_help(self.desc.help.clone());
-        family.set_field_type(MetricType::COUNTER);
-        let Ok(map) = self.values.read() else {
-            return vec![family];
-        };
-        let mut metrics: Vec<Metric> = map
-            .iter()
-            .map(|(values, cell)| {
-                let mut pairs: Vec<LabelPair> = self
-                    .labels
-                    .iter()
-                    .zip(values)
-                    .map(|(name, value)| {
-                        let mut pair = LabelPair::default();
-                        pair.set_name(name.clone());
-                        pair.set_value(value.clone());
-                        pair
-                    })
-                    .collect();
-                pairs.sort_by(|a, b| a.name().cmp(b.name()));
-                let mut counter = Counter::default();
-                counter.set_value(cell.load(Ordering::Relaxed) as f64 / 1e9);
-                let mut metric = Metric::default();
-                metric.set_label(pairs);
+        let mut families = self.nanos.collect();
+        for family in &mut families {
+            for metric in family.mut_metric() {
+                let mut counter = metric.get_counter().clone();
+                counter.set_value(counter.get_value() / 1e9);
                 metric.set_counter(counter);
-                metric
-            })
-            .collect();
-        metrics.sort_by(|a, b| {
-            let key = |m: &Metric| {
-                m.get_label()
-                    .iter()
-                    .map(|p| p.value().to_string())
-                    .collect::<Vec<_>>()
-            };
-            key(a).cmp(&key(b))
-        });
-        family.set_metric(metrics);
-        vec![family]
+            }
+        }
+        families
     }
 }
 
