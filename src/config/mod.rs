@@ -217,6 +217,10 @@ pub struct ServerConfig {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub batch_size: usize,
+    /// Group commit: records that arrive within this long of the last commit share its
+    /// successor's transaction. A crash (`kill -9`, power loss) loses at most the records of
+    /// the last interval; an idle ledger commits a lone record at once.
+    pub commit_interval: Duration,
     pub busy_timeout: Duration,
     /// How often budget spend is re-read from the ledger (rows written by other meters on the
     /// same ledger, or by hand).
@@ -351,6 +355,7 @@ const DEFAULT_MAX_PARSE_BODY_BYTES: u64 = 64 * 1024 * 1024;
 const DEFAULT_MAX_REWRITE_BODY_BYTES: u64 = 4 * 1024 * 1024;
 const DEFAULT_DRAIN_ON_DISCONNECT_SECS: u64 = 120;
 const DEFAULT_BATCH_SIZE: usize = 512;
+const DEFAULT_COMMIT_INTERVAL_MS: u64 = 100;
 const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_REFRESH_SECS: u64 = 10;
 pub const DEFAULT_METRICS_MAX_AGENTS: usize = 200;
@@ -360,7 +365,7 @@ const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 900;
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 const DEFAULT_POOL_IDLE_TIMEOUT_SECS: u64 = 90;
-const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 64;
+const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 512;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -467,6 +472,7 @@ impl Default for RawServer {
 struct RawStore {
     path: String,
     batch_size: usize,
+    commit_interval_ms: u64,
     busy_timeout_ms: u64,
     refresh_secs: u64,
 }
@@ -476,6 +482,7 @@ impl Default for RawStore {
         RawStore {
             path: DEFAULT_DB.to_string(),
             batch_size: DEFAULT_BATCH_SIZE,
+            commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
             busy_timeout_ms: DEFAULT_BUSY_TIMEOUT_MS,
             refresh_secs: DEFAULT_REFRESH_SECS,
         }
@@ -700,6 +707,15 @@ impl RawConfig {
         let store = StoreConfig {
             path: PathBuf::from(&self.store.path),
             batch_size: self.store.batch_size,
+            commit_interval: {
+                if self.store.commit_interval_ms > 10_000 {
+                    return Err(
+                        "store.commit_interval_ms: at most 10000 (a crash loses up to this long of records)"
+                            .to_string(),
+                    );
+                }
+                Duration::from_millis(self.store.commit_interval_ms)
+            },
             busy_timeout: Duration::from_millis(self.store.busy_timeout_ms),
             refresh: positive_secs("store.refresh_secs", self.store.refresh_secs)?,
         };
@@ -986,6 +1002,7 @@ max_rewrite_body_bytes = {DEFAULT_MAX_REWRITE_BODY_BYTES}        # larger reques
 [store]
 path = "{DEFAULT_DB}"                      # SQLite ledger (WAL); --db overrides it
 batch_size = {DEFAULT_BATCH_SIZE}                         # records per write transaction, at most
+commit_interval_ms = {DEFAULT_COMMIT_INTERVAL_MS}                  # group commit: a crash loses at most this long of records
 busy_timeout_ms = {DEFAULT_BUSY_TIMEOUT_MS}                   # wait this long for a lock before retrying
 refresh_secs = {DEFAULT_REFRESH_SECS}                        # re-read budget spend from the ledger this often
                                          # (calls of other meters on the same ledger)

@@ -94,6 +94,52 @@ const ROLLUP_FIGURES: &[(&str, &str)] = &[
     ("missing_requests", "(R.usage_status = 'missing')"),
 ];
 
+/// The names of meter's own triggers on `usage`: the ledger writer may take their work over
+/// (see `ledger::writer`) only when no other trigger is on the table.
+pub const OWN_TRIGGERS: &[&str] = &[
+    "usage_cost_nanos_from_usd",
+    "usage_cost_nanos_from_usd_update",
+    "usage_rollup_insert",
+    "usage_rollup_delete",
+    "usage_rollup_update",
+];
+
+/// How many figures the rollup keeps per row.
+pub const ROLLUP_WIDTH: usize = ROLLUP_FIGURES.len();
+
+/// The rollup's figures as sums over `usage` rows, in column order (what the migration fills
+/// the rollup with).
+pub fn rollup_sum_expressions() -> Vec<String> {
+    ROLLUP_FIGURES
+        .iter()
+        .map(|(_, expr)| format!("sum({})", expr.replace("R.", "")))
+        .collect()
+}
+
+/// The rollup's figure columns, in order.
+pub fn rollup_columns() -> Vec<&'static str> {
+    ROLLUP_FIGURES.iter().map(|(c, _)| *c).collect()
+}
+
+/// Adds one group of rows to the rollup: parameters hour, agent, provider, model, route, then
+/// one per figure of [`rollup_columns`]. What the insert trigger does row by row, for a writer
+/// that sums a batch first.
+pub fn rollup_upsert_sql() -> String {
+    let columns = rollup_columns();
+    let params: Vec<String> = (6..6 + columns.len()).map(|i| format!("?{i}")).collect();
+    let updates: Vec<String> = columns
+        .iter()
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO usage_hourly (hour, agent, provider, model, route, {}) VALUES (?1, ?2, ?3, ?4, ?5, {})
+         ON CONFLICT (hour, agent, provider, model, route) DO UPDATE SET {}",
+        columns.join(", "),
+        params.join(", "),
+        updates.join(", ")
+    )
+}
+
 /// Latency buckets: exact below 1 s, 10 ms up to 100 s, then whole seconds.
 pub const LATENCY_BUCKET: &str = "CASE WHEN {c} < 1000 THEN {c} WHEN {c} < 100000 THEN ({c} / 10) * 10 ELSE ({c} / 1000) * 1000 END";
 
@@ -146,10 +192,7 @@ fn rollup_migration() -> String {
         apply("+", "NEW")
     ));
     // Rows already in the ledger.
-    let sums: Vec<String> = ROLLUP_FIGURES
-        .iter()
-        .map(|(_, expr)| format!("sum({})", expr.replace("R.", "")))
-        .collect();
+    let sums = rollup_sum_expressions();
     sql.push_str(&format!(
         "INSERT INTO usage_hourly (hour, agent, provider, model, route, {})
          SELECT substr(ts, 1, 13), agent, provider, coalesce(nullif(model, ''), '(unknown)'), route, {}

@@ -219,6 +219,10 @@ pub fn open(
     budgets: Arc<Budgets>,
 ) -> Result<(Recorder, WriterHandle), LedgerError> {
     let conn = open_connection(&config.path, config.busy_timeout)?;
+    let rollup = take_over_triggers(&conn).map_err(|source| LedgerError::Open {
+        path: config.path.display().to_string(),
+        source,
+    })?;
     let mut sync = BudgetSync {
         budgets: budgets.clone(),
         refresh: config.refresh,
@@ -233,6 +237,7 @@ pub fn open(
     }
     let (sender, receiver) = mpsc::channel();
     let batch_size = config.batch_size;
+    let commit_interval = config.commit_interval;
     let writer_metrics = metrics.clone();
     let stopping = Arc::new(AtomicBool::new(false));
     let writer_stopping = stopping.clone();
@@ -243,7 +248,11 @@ pub fn open(
             run(
                 conn,
                 receiver,
-                batch_size,
+                Batching {
+                    size: batch_size,
+                    interval: commit_interval,
+                    rollup,
+                },
                 &writer_metrics,
                 &writer_pricer,
                 &mut sync,
@@ -287,10 +296,56 @@ pub fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection
 /// How long the writer keeps retrying after shutdown began before it gives up on the rest.
 const SHUTDOWN_RETRY: Duration = Duration::from_secs(30);
 
+/// How records are grouped into transactions: at most `size` each, and (group commit) at most
+/// one commit per `interval` while records keep coming.
+#[derive(Clone, Copy)]
+struct Batching {
+    size: usize,
+    interval: Duration,
+    /// Who keeps `usage_hourly`: the writer, a sum per batch, or the triggers, row by row.
+    rollup: Rollup,
+}
+
+/// Who keeps the hourly rollup (and `cost_nanos` from `cost_usd`) for the writer's inserts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Rollup {
+    /// The writer's connection has triggers off and sums each batch into the rollup itself:
+    /// one upsert per (hour, agent, provider, model, route) of the batch instead of a trigger
+    /// program per row, the largest part of a row's cost. Other connections (`sqlite3`, `meter
+    /// reprice`) keep the triggers.
+    Writer,
+    /// Someone else's trigger is on `usage`: triggers stay on, so it fires for meter's rows too.
+    Triggers,
+}
+
+/// Turns triggers off on the writer's connection when only meter's own are on `usage`.
+fn take_over_triggers(conn: &Connection) -> rusqlite::Result<Rollup> {
+    let mut names = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'usage'")?;
+    let names: Vec<String> = names
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if names
+        .iter()
+        .any(|name| !schema::OWN_TRIGGERS.contains(&name.as_str()))
+    {
+        return Ok(Rollup::Triggers);
+    }
+    let off = !conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )?;
+    Ok(if off {
+        Rollup::Writer
+    } else {
+        Rollup::Triggers
+    })
+}
+
 fn run(
     mut conn: Connection,
     receiver: mpsc::Receiver<LedgerRecord>,
-    batch_size: usize,
+    batching: Batching,
     metrics: &Metrics,
     pricer: &Pricer,
     sync: &mut BudgetSync,
@@ -310,6 +365,11 @@ fn run(
     let mut connected = true;
     let mut backoff = Duration::from_millis(50);
     let mut stop_seen: Option<std::time::Instant> = None;
+    let batch_size = batching.size;
+    // When the last transaction committed: the next waits until `interval` after it, sleeping
+    // (not woken per record: senders never make a system call while the writer sleeps), so a
+    // busy proxy pays one transaction per interval instead of one per wake-up.
+    let mut last_commit: Option<std::time::Instant> = None;
     loop {
         if queue.is_empty() {
             if !connected {
@@ -332,6 +392,13 @@ fn run(
                 },
             }
         }
+        if let Some(last) = last_commit {
+            let due = last + batching.interval;
+            let now = std::time::Instant::now();
+            if connected && queue.len() < batch_size && due > now {
+                thread::sleep(due - now);
+            }
+        }
         while connected {
             match receiver.try_recv() {
                 Ok(record) => take(record, &mut queue),
@@ -341,8 +408,9 @@ fn run(
         }
         let count = queue.len().min(batch_size);
         let batch = queue.make_contiguous();
-        match write_batch(&mut conn, &batch[..count]) {
+        match write_batch(&mut conn, &batch[..count], batching.rollup) {
             Ok(()) => {
+                last_commit = Some(std::time::Instant::now());
                 budgets.committed(
                     queue
                         .drain(..count)
@@ -396,7 +464,8 @@ fn run(
                 tracing::error!(error = %err, "ledger write failed permanently; writing the batch row by row");
                 let mut written = 0usize;
                 for record in &batch[..count] {
-                    if write_batch(&mut conn, std::slice::from_ref(record)).is_ok() {
+                    if write_batch(&mut conn, std::slice::from_ref(record), batching.rollup).is_ok()
+                    {
                         written += 1;
                         budgets.committed(&record.budget_hits);
                     } else {
@@ -435,7 +504,12 @@ fn is_transient(err: &rusqlite::Error) -> bool {
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Result<()> {
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[LedgerRecord],
+    rollup: Rollup,
+) -> rusqlite::Result<()> {
+    let stamps: Vec<String> = batch.iter().map(|r| format_ts(&r.ts)).collect();
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
@@ -449,14 +523,14 @@ fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Resul
                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33,
                 ?34, ?35)",
         )?;
-        for record in batch {
+        for (record, stamp) in batch.iter().zip(&stamps) {
             let usage = &record.usage;
             let quantities = &record.quantities;
             let cost_usd = record.cost_nanos.map(|nanos| nanos as f64 / 1e9);
             let audio_seconds =
                 (quantities.audio_millis > 0).then(|| quantities.audio_millis as f64 / 1000.0);
             insert.execute(params![
-                format_ts(&record.ts),
+                stamp,
                 record.agent,
                 record.provider,
                 record.route,
@@ -494,10 +568,190 @@ fn write_batch(conn: &mut Connection, batch: &[LedgerRecord]) -> rusqlite::Resul
             ])?;
         }
     }
+    if rollup == Rollup::Writer {
+        let mut upsert = tx.prepare_cached(&schema::rollup_upsert_sql())?;
+        for ((hour, agent, provider, model, route), figures) in rollup_sums(batch, &stamps) {
+            let mut values: Vec<&dyn rusqlite::ToSql> =
+                vec![&hour, &agent, &provider, &model, &route];
+            values.extend(figures.iter().map(|f| f as &dyn rusqlite::ToSql));
+            upsert.execute(values.as_slice())?;
+        }
+    }
     tx.commit()
+}
+
+type RollupKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'static str);
+
+/// A batch summed per rollup key, exactly as the `usage_rollup_insert` trigger adds its rows
+/// (`schema::ROLLUP_FIGURES`, in that order): hour = the timestamp's first 13 characters, an
+/// empty or absent model is `(unknown)`.
+fn rollup_sums<'a>(
+    batch: &'a [LedgerRecord],
+    stamps: &'a [String],
+) -> HashMap<RollupKey<'a>, [i64; ROLLUP_WIDTH]> {
+    let mut sums: HashMap<RollupKey<'a>, [i64; ROLLUP_WIDTH]> = HashMap::new();
+    for (record, stamp) in batch.iter().zip(stamps) {
+        let key: RollupKey<'a> = (
+            stamp.get(..13).unwrap_or(stamp),
+            &record.agent,
+            &record.provider,
+            match record.model.as_deref() {
+                None | Some("") => "(unknown)",
+                Some(model) => model,
+            },
+            record.route,
+        );
+        let figures = rollup_figures(record);
+        let total = sums.entry(key).or_insert([0; ROLLUP_WIDTH]);
+        for (t, f) in total.iter_mut().zip(figures) {
+            *t = t.saturating_add(f);
+        }
+    }
+    sums
+}
+
+use schema::ROLLUP_WIDTH;
+
+/// One row's figures, in `schema::ROLLUP_FIGURES` order.
+fn rollup_figures(record: &LedgerRecord) -> [i64; ROLLUP_WIDTH] {
+    use crate::usage::UsageStatus;
+    let usage = &record.usage;
+    [
+        1,
+        i64::from(record.status >= 400),
+        clamp(usage.input_tokens),
+        clamp(usage.cache_read_tokens),
+        clamp(usage.cache_write_tokens),
+        clamp(usage.cache_write_1h_tokens),
+        clamp(usage.output_tokens),
+        clamp(usage.reasoning_tokens),
+        record.cost_nanos.unwrap_or(0),
+        i64::from(record.cost_nanos.is_none() && record.usage_status != UsageStatus::Missing),
+        i64::from(record.usage_status == UsageStatus::Estimated),
+        i64::from(record.usage_status == UsageStatus::Missing),
+    ]
 }
 
 /// SQLite integers are i64; token counts beyond that are not real, but must not wrap negative.
 fn clamp(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::UsageStatus;
+    use chrono::TimeZone;
+
+    fn record(i: i64) -> LedgerRecord {
+        let ts = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 25, (i % 3) as u32, 59, 59)
+            .single()
+            .expect("a valid time");
+        let mut record = LedgerRecord::new(ts, ["a", "b"][(i % 2) as usize], "openai", "direct");
+        record.model = match i % 4 {
+            0 => None,
+            1 => Some(String::new()),
+            _ => Some(format!("m{}", i % 3)),
+        };
+        record.status = [200, 429, 500, 302][(i % 4) as usize];
+        record.usage.input_tokens = 10 * i as u64;
+        record.usage.cache_read_tokens = i as u64;
+        record.usage.cache_write_tokens = 2 * i as u64;
+        record.usage.cache_write_1h_tokens = 3 * i as u64;
+        record.usage.output_tokens = 5 * i as u64;
+        record.usage.reasoning_tokens = i as u64 / 2;
+        record.cost_nanos = (i % 5 != 0).then_some(1_000 * i);
+        record.usage_status = [
+            UsageStatus::Reported,
+            UsageStatus::Estimated,
+            UsageStatus::Missing,
+        ][(i % 3) as usize];
+        record
+    }
+
+    /// The rollup summed per batch by the writer equals the rollup recomputed from the rows (the
+    /// migration's own query, what the triggers keep), and the triggers stay on for everyone else.
+    #[test]
+    fn writer_rollup_matches_the_rows() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("ledger.db");
+        let mut conn = open_connection(&path, Duration::from_secs(5)).expect("ledger opens");
+        assert_eq!(take_over_triggers(&conn).expect("triggers"), Rollup::Writer);
+        let batch: Vec<LedgerRecord> = (0..40).map(record).collect();
+        write_batch(&mut conn, &batch[..25], Rollup::Writer).expect("first batch");
+        write_batch(&mut conn, &batch[25..], Rollup::Writer).expect("second batch");
+        // A row by hand on another connection goes through the triggers.
+        let other = Connection::open(&path).expect("second connection");
+        other
+            .execute(
+                "INSERT INTO usage (ts, agent, provider, route, model, endpoint, streaming, status, usage_status, cost_usd)
+                 VALUES ('2026-11-25T01:00:00.000Z', 'a', 'openai', 'direct', 'm1', 'other', 0, 200, 'reported', 0.5)",
+                [],
+            )
+            .expect("insert by hand");
+        let columns = schema::rollup_columns();
+        let read = |sql: &str| -> Vec<Vec<rusqlite::types::Value>> {
+            let mut statement = conn.prepare(sql).expect("query");
+            let width = statement.column_count();
+            statement
+                .query_map([], |row| {
+                    (0..width)
+                        .map(|i| row.get::<_, rusqlite::types::Value>(i))
+                        .collect()
+                })
+                .expect("rows")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+        };
+        let kept = read(&format!(
+            "SELECT hour, agent, provider, model, route, {} FROM usage_hourly ORDER BY 1, 2, 3, 4, 5",
+            columns.join(", ")
+        ));
+        let recomputed = read(&format!(
+            "SELECT substr(ts, 1, 13), agent, provider, coalesce(nullif(model, ''), '(unknown)'), route, {}
+             FROM usage GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+            schema::rollup_sum_expressions().join(", ")
+        ));
+        assert!(kept.len() >= 6, "several groups: {}", kept.len());
+        assert_eq!(kept, recomputed);
+        let by_hand: i64 = conn
+            .query_row(
+                "SELECT cost_nanos FROM usage WHERE cost_usd = 0.5",
+                [],
+                |row| row.get(0),
+            )
+            .expect("the row by hand");
+        assert_eq!(
+            by_hand, 500_000_000,
+            "the cost trigger ran for the row by hand"
+        );
+    }
+
+    /// Someone else's trigger on `usage` keeps every trigger on for the writer too.
+    #[test]
+    fn a_foreign_trigger_keeps_the_triggers_on() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("ledger.db");
+        let mut conn = open_connection(&path, Duration::from_secs(5)).expect("ledger opens");
+        conn.execute_batch(
+            "CREATE TABLE seen (n INTEGER);
+             CREATE TRIGGER mine AFTER INSERT ON usage BEGIN INSERT INTO seen VALUES (NEW.id); END;",
+        )
+        .expect("a trigger of the user's");
+        assert_eq!(
+            take_over_triggers(&conn).expect("triggers"),
+            Rollup::Triggers
+        );
+        let batch: Vec<LedgerRecord> = (0..7).map(record).collect();
+        write_batch(&mut conn, &batch, Rollup::Triggers).expect("batch");
+        let (seen, requests): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM seen), (SELECT sum(requests) FROM usage_hourly)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("counts");
+        assert_eq!((seen, requests), (7, 7));
+    }
 }

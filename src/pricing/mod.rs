@@ -361,6 +361,28 @@ pub struct RateTable {
     /// Entry positions by provider (`None` for `*`), in layer order: a lookup looks at one
     /// provider's entries and the wildcard ones, not the whole table.
     by_provider: std::collections::HashMap<Option<String>, Vec<usize>>,
+    memo: LookupMemo,
+}
+
+/// Lookups already made, by (provider, model, date): a call's price is found once per model and
+/// day instead of by walking the layers and name variants every time (a lookup costs a few
+/// microseconds, a memo hit a hash). The table never changes after it is built, so an answer
+/// never goes stale; the memo is emptied when it reaches `MEMO_CAP` names.
+#[derive(Default)]
+struct LookupMemo(std::sync::RwLock<std::collections::HashMap<String, Option<usize>>>);
+
+const MEMO_CAP: usize = 16_384;
+
+impl std::fmt::Debug for LookupMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LookupMemo")
+    }
+}
+
+impl Clone for LookupMemo {
+    fn clone(&self) -> Self {
+        LookupMemo::default()
+    }
 }
 
 impl RateTable {
@@ -385,6 +407,7 @@ impl RateTable {
         RateTable {
             entries,
             by_provider,
+            memo: LookupMemo::default(),
         }
     }
 
@@ -404,6 +427,31 @@ impl RateTable {
     /// first; within a layer the most specific match wins, then the latest `effective` date not
     /// after the call. Dated snapshots and router ids fall back to their model's entry.
     pub fn lookup(&self, provider: &str, model: &str, date: NaiveDate) -> Option<&RateEntry> {
+        use chrono::Datelike;
+        use std::fmt::Write;
+        let mut key = String::with_capacity(provider.len() + model.len() + 12);
+        let _ = write!(key, "{provider}\0{model}\0{}", date.num_days_from_ce());
+        if let Some(found) = self
+            .memo
+            .0
+            .read()
+            .ok()
+            .and_then(|memo| memo.get(&key).copied())
+        {
+            return found.map(|i| &self.entries[i]);
+        }
+        let found = self.find(provider, model, date);
+        if let Ok(mut memo) = self.memo.0.write() {
+            if memo.len() >= MEMO_CAP {
+                memo.clear();
+            }
+            memo.insert(key, found);
+        }
+        found.map(|i| &self.entries[i])
+    }
+
+    /// [`RateTable::lookup`] without the memo: the position of the entry.
+    fn find(&self, provider: &str, model: &str, date: NaiveDate) -> Option<usize> {
         let provider = provider.to_ascii_lowercase();
         let candidates = candidates(&provider, model);
         let wildcard = self
@@ -421,10 +469,15 @@ impl RateTable {
                 let best = own
                     .iter()
                     .chain(wildcard)
-                    .map(|&i| &self.entries[i])
-                    .filter(|e| e.layer == layer && e.effective <= date)
-                    .filter(|e| e.model.matches(candidate_model))
-                    .max_by_key(|e| (e.provider.is_some(), e.model.specificity(), e.effective));
+                    .copied()
+                    .filter(|&i| {
+                        let e = &self.entries[i];
+                        e.layer == layer && e.effective <= date && e.model.matches(candidate_model)
+                    })
+                    .max_by_key(|&i| {
+                        let e = &self.entries[i];
+                        (e.provider.is_some(), e.model.specificity(), e.effective)
+                    });
                 if best.is_some() {
                     return best;
                 }

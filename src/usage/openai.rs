@@ -101,6 +101,7 @@ use std::marker::PhantomData;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::sse::SseFramer;
@@ -280,12 +281,13 @@ struct WireChunk<'a> {
     provider: Option<Text<'a>>,
     #[serde(default, borrow)]
     choices: Option<Vec<WireChoice<'a>>>,
-    /// Built only when present and not `null`: once per stream on most providers.
-    #[serde(default)]
-    usage: Option<Value>,
+    /// Borrowed as raw JSON and read only when present and not `null` (once per stream on
+    /// most providers): straight into [`WireUsage`], never through a `Value`.
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
     /// Groq: `x_groq.usage` on the finishing chunk of a stream.
-    #[serde(default)]
-    x_groq: Option<WireXGroq>,
+    #[serde(default, borrow)]
+    x_groq: Option<WireXGroq<'a>>,
     /// Mistral: the cached count beside `usage` rather than in it.
     #[serde(default)]
     num_cached_tokens: Option<Value>,
@@ -330,9 +332,9 @@ struct WireFunction<'a> {
 }
 
 #[derive(Deserialize)]
-struct WireXGroq {
-    #[serde(default)]
-    usage: Option<Value>,
+struct WireXGroq<'a> {
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
 }
 
 impl WireMessage<'_> {
@@ -431,6 +433,27 @@ fn read_usage(
         return None;
     }
     let wire = WireUsage::deserialize(value).ok()?;
+    report_from_wire(flavor, wire, beside_usage_cached)
+}
+
+/// [`read_usage`] of a `usage` borrowed as raw JSON.
+fn read_raw_usage(
+    flavor: Flavor,
+    raw: &RawValue,
+    beside_usage_cached: Option<&Value>,
+) -> Option<UsageReport> {
+    if !raw.get().starts_with('{') {
+        return None;
+    }
+    let wire = serde_json::from_str::<WireUsage>(raw.get()).ok()?;
+    report_from_wire(flavor, wire, beside_usage_cached)
+}
+
+fn report_from_wire(
+    flavor: Flavor,
+    wire: WireUsage,
+    beside_usage_cached: Option<&Value>,
+) -> Option<UsageReport> {
     if wire.prompt_tokens.is_none() && wire.completion_tokens.is_none() {
         return None;
     }
@@ -707,7 +730,10 @@ impl Collector {
             .usage
             .or_else(|| chunk.x_groq.and_then(|groq| groq.usage));
         if let Some(usage) = usage {
-            self.record(&usage, chunk.num_cached_tokens.as_ref(), ends_answer);
+            self.last = Some(Reading {
+                report: read_raw_usage(self.flavor, usage, chunk.num_cached_tokens.as_ref()),
+                is_final: ends_answer,
+            });
         }
     }
 
