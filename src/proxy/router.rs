@@ -202,8 +202,14 @@ fn api_key(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// `sha256(key)` as hex, first 12 characters (SPEC §3). The key itself goes nowhere else.
 pub fn fingerprint(key: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(key);
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(12);
+    for byte in &digest[..6] {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 /// The fingerprint of a `key=` query parameter (Gemini's REST form), when present.

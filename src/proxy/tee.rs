@@ -213,7 +213,11 @@ pub struct TeeBody {
     /// The upstream body has ended (a held tail may still be due to the client).
     upstream_done: bool,
     idle_timeout: Duration,
+    /// Fires `idle_timeout` after the last frame at the earliest. It is not re-armed per frame
+    /// (a timer-wheel update each time): when it fires, it is pushed to `last_frame` +
+    /// `idle_timeout` if a frame came meanwhile.
     idle: Pin<Box<Sleep>>,
+    last_frame: tokio::time::Instant,
     metering: Option<Metering>,
 }
 
@@ -229,6 +233,7 @@ impl TeeBody {
             upstream_done: false,
             idle_timeout,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            last_frame: tokio::time::Instant::now(),
             metering: Some(metering),
         }
     }
@@ -290,8 +295,7 @@ impl Body for TeeBody {
             };
             match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    this.last_frame = tokio::time::Instant::now();
                     let frame = match frame.into_data() {
                         Ok(data) => {
                             let Some(metering) = this.metering.as_mut() else {
@@ -323,13 +327,15 @@ impl Body for TeeBody {
                     continue;
                 }
                 Poll::Pending => {
-                    return match this.idle.as_mut().poll(cx) {
-                        Poll::Ready(()) => {
+                    while this.idle.as_mut().poll(cx).is_ready() {
+                        let due = this.last_frame + this.idle_timeout;
+                        if due <= tokio::time::Instant::now() {
                             this.finish(Outcome::Cut("upstream_idle_timeout"));
-                            Poll::Ready(Some(Err(IdleTimeout(this.idle_timeout).into())))
+                            return Poll::Ready(Some(Err(IdleTimeout(this.idle_timeout).into())));
                         }
-                        Poll::Pending => Poll::Pending,
-                    };
+                        this.idle.as_mut().reset(due);
+                    }
+                    return Poll::Pending;
                 }
             }
         }
