@@ -144,6 +144,51 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
+/// How much of a refused request body is read and thrown away (bytes, or frames where a
+/// `Limited` body hides their size), and for how long at most.
+const DISCARD_BYTES: u64 = 1 << 30;
+const DISCARD_FRAMES: u64 = 1 << 16;
+const DISCARD_TIME: Duration = Duration::from_secs(30);
+
+/// Reads and throws away the rest of a request body meter refused (413), bounded in bytes and
+/// time, so that a client still uploading gets to read the answer: a connection closed with
+/// unread data in it is reset, and the client would see a broken pipe instead of the 413 (and
+/// an SDK would retry it). Over-limit frames of a `Limited` body are skipped like the others.
+pub fn discard_rest<B>(body: B)
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        let mut body = body;
+        let (mut read, mut frames) = (0u64, 0u64);
+        let discard = async {
+            while let Some(frame) = body.frame().await {
+                frames += 1;
+                match frame {
+                    Ok(frame) => {
+                        if let Some(data) = frame.data_ref() {
+                            read += bytes::Buf::remaining(data) as u64;
+                        }
+                    }
+                    Err(err) => {
+                        let err: Box<dyn std::error::Error + Send + Sync> = err.into();
+                        if !err.is::<http_body_util::LengthLimitError>() {
+                            return;
+                        }
+                    }
+                }
+                if read > DISCARD_BYTES || frames > DISCARD_FRAMES {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, discard).await;
+    });
+}
+
 /// Whether a connection's error is hyper's HTTP/1 header read timeout.
 pub fn is_header_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(err);

@@ -266,14 +266,14 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
+        listener::discard_rest(body);
         return Ok(too_large(&state, context, limit));
     }
-    let body = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-    {
+    let mut limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let body = match (&mut limited).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            listener::discard_rest(limited);
             return Ok(too_large(&state, context, limit));
         }
         Err(err) => {
