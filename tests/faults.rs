@@ -1427,9 +1427,15 @@ async fn kill_9_under_load_loses_at_most_the_last_commit() {
             .filter(|(_, at)| killed_at.saturating_duration_since(*at) <= window)
             .count()
     };
+    let oldest_lost = lost
+        .iter()
+        .map(|(_, at)| killed_at.saturating_duration_since(*at))
+        .max()
+        .unwrap_or_default();
     eprintln!(
-        "kill -9: {} calls completed, {} rows, {} completed calls without a row; last kept call \
-         {:?} before the kill; calls completed in the last 10 ms / 100 ms / 1 s before it: {} / {} / {}",
+        "kill -9: {} calls completed, {} rows, {} completed calls without a row (all completed \
+         within {oldest_lost:?} of the kill); last kept call {:?} before the kill; calls completed \
+         in the last 10 ms / 100 ms / 1 s before it: {} / {} / {}",
         completed.len(),
         recorded.len(),
         lost.len(),
