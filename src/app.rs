@@ -116,6 +116,7 @@ pub async fn run_at(
         pricer,
         clock,
     });
+    let limits = proxy::listener::ConnectionLimits::from_config(&config.server, metrics.clone());
     let admin_state = Arc::new(AdminState {
         metrics,
         ready: AtomicBool::new(true),
@@ -129,6 +130,7 @@ pub async fn run_at(
         proxy_state,
         stopped.clone(),
         config.server.drain_timeout,
+        limits,
     ));
     let (stop_alerter, alerter_stopped) = watch::channel(false);
     let alerter_task = (!alerter.is_idle()).then(|| tokio::spawn(alerter.run(alerter_stopped)));

@@ -211,6 +211,11 @@ pub struct ServerConfig {
     pub max_request_body_bytes: u64,
     pub max_parse_body_bytes: u64,
     pub max_rewrite_body_bytes: u64,
+    /// Client connections served at once on the proxy port; past it, new ones wait.
+    pub max_connections: usize,
+    /// How long a client connection may go without sending complete request headers (slow or
+    /// silent clients, idle keep-alive and HTTP/2 connections) before it is closed.
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,9 +366,15 @@ const DEFAULT_REFRESH_SECS: u64 = 10;
 pub const DEFAULT_METRICS_MAX_AGENTS: usize = 200;
 pub const DEFAULT_METRICS_MAX_MODELS: usize = 300;
 const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
-// Reasoning models can think for many minutes before the first byte of a non-streaming answer.
+const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+const MAX_MAX_CONNECTIONS: usize = 1 << 20;
+const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
+// Reasoning models can think for many minutes before the first byte of a non-streaming answer
+// (o1/o3, extended thinking), and as long between two events of a stream (a reasoning phase
+// that sends nothing). Both are above the SDKs' own 10-minute default timeouts, so that the
+// client, not meter, decides when a slow call is given up.
 const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 900;
-const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 900;
 const DEFAULT_POOL_IDLE_TIMEOUT_SECS: u64 = 90;
 const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 512;
 
@@ -452,6 +463,8 @@ struct RawServer {
     max_request_body_bytes: u64,
     max_parse_body_bytes: u64,
     max_rewrite_body_bytes: u64,
+    max_connections: usize,
+    header_read_timeout_secs: u64,
 }
 
 impl Default for RawServer {
@@ -463,6 +476,8 @@ impl Default for RawServer {
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
             max_parse_body_bytes: DEFAULT_MAX_PARSE_BODY_BYTES,
             max_rewrite_body_bytes: DEFAULT_MAX_REWRITE_BODY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
         }
     }
 }
@@ -694,7 +709,18 @@ impl RawConfig {
             max_request_body_bytes: self.server.max_request_body_bytes,
             max_parse_body_bytes: self.server.max_parse_body_bytes,
             max_rewrite_body_bytes: self.server.max_rewrite_body_bytes,
+            max_connections: self.server.max_connections,
+            header_read_timeout: positive_secs(
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            )?,
         };
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&server.max_connections) {
+            return Err(format!(
+                "server.max_connections: {} must be between 1 and {MAX_MAX_CONNECTIONS}",
+                server.max_connections
+            ));
+        }
         if server.max_request_body_bytes == 0 {
             return Err("server.max_request_body_bytes: must be at least 1".to_string());
         }
@@ -998,6 +1024,10 @@ drain_timeout_secs = {DEFAULT_DRAIN_TIMEOUT_SECS}                # on SIGTERM: h
 max_request_body_bytes = {DEFAULT_MAX_REQUEST_BODY_BYTES}       # larger request bodies get 413
 max_parse_body_bytes = {DEFAULT_MAX_PARSE_BODY_BYTES}         # cap on (decompressed) bytes read for usage
 max_rewrite_body_bytes = {DEFAULT_MAX_REWRITE_BODY_BYTES}        # larger requests are never rewritten (see inject_stream_usage)
+max_connections = {DEFAULT_MAX_CONNECTIONS}                   # client connections served at once; past it, new ones wait
+                                         # (keep it under the file descriptor limit, ulimit -n)
+header_read_timeout_secs = {DEFAULT_HEADER_READ_TIMEOUT_SECS}            # a connection without complete request headers for this
+                                         # long is closed (slow or silent clients, idle keep-alive)
 
 [store]
 path = "{DEFAULT_DB}"                      # SQLite ledger (WAL); --db overrides it
@@ -1021,8 +1051,9 @@ local_min_call_usd = 0.001               #   ... when each such call cost at lea
 [upstream]
 ca_file = ""                             # extra trusted CA certificates (PEM) besides the system's
 connect_timeout_secs = {DEFAULT_CONNECT_TIMEOUT_SECS}
-response_timeout_secs = {DEFAULT_RESPONSE_TIMEOUT_SECS}              # until the response headers arrive (504 after)
-idle_timeout_secs = {DEFAULT_IDLE_TIMEOUT_SECS}                  # longest silence inside a response body
+response_timeout_secs = {DEFAULT_RESPONSE_TIMEOUT_SECS}              # until the response headers arrive (504 after); reasoning
+                                         # models can think for minutes before the first byte
+idle_timeout_secs = {DEFAULT_IDLE_TIMEOUT_SECS}                  # longest silence inside a response body (cut after)
 pool_idle_timeout_secs = {DEFAULT_POOL_IDLE_TIMEOUT_SECS}
 pool_max_idle_per_host = {DEFAULT_POOL_MAX_IDLE_PER_HOST}
 drain_on_disconnect = false              # client hung up mid-stream: read on to the provider's usage
@@ -1216,6 +1247,23 @@ mod tests {
             assert!(error.starts_with("config meter.toml: "), "{error}");
             assert!(!error.contains('\n'), "one line: {error:?}");
         }
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let config = Config::from_toml(
+            "[server]\nmax_connections = 10\nheader_read_timeout_secs = 2",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(config.server.max_connections, 10);
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(2));
+        for bad in [0, (1 << 20) + 1] {
+            let error = error_of(&format!("[server]\nmax_connections = {bad}"));
+            assert!(error.contains("server.max_connections"), "{error}");
+        }
+        assert!(error_of("[server]\nheader_read_timeout_secs = 0")
+            .contains("server.header_read_timeout_secs"));
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub budget_forecast_usd: GaugeVec,
     pub alerts_sent_total: IntCounterVec,
     pub alert_failures_total: IntCounterVec,
+    pub client_connections: IntGauge,
+    pub client_timeouts_total: IntCounter,
 }
 
 /// The `kind` label of the alert counters.
@@ -229,6 +231,16 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let client_connections = IntGauge::new(
+            "meter_client_connections",
+            "Client connections open on the proxy port (at most server.max_connections; past it, new ones wait).",
+        )?;
+        let client_timeouts_total = IntCounter::new(
+            "meter_client_timeouts_total",
+            "Client connections closed because no complete request headers arrived within server.header_read_timeout_secs (slow or silent clients, idle keep-alive connections).",
+        )?;
+        registry.register(Box::new(client_connections.clone()))?;
+        registry.register(Box::new(client_timeouts_total.clone()))?;
         for kind in ALERT_KINDS {
             alerts_sent_total.with_label_values(&[kind]);
             alert_failures_total.with_label_values(&[kind]);
@@ -268,6 +280,8 @@ impl Metrics {
             budget_forecast_usd,
             alerts_sent_total,
             alert_failures_total,
+            client_connections,
+            client_timeouts_total,
         })
     }
 

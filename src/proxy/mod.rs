@@ -3,6 +3,7 @@
 
 pub mod context;
 pub mod forward;
+pub mod listener;
 pub mod rewrite;
 pub mod router;
 pub mod strip;
@@ -18,16 +19,17 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::ledger::Recorder;
 use crate::usage::request::RequestFacts;
 use crate::usage::{self, BodyKind, Endpoint};
 use context::{CallContext, Outcome};
+use listener::{Activity, ConnectionLimits, Slot, Tracked};
 use router::{RouteError, RouteTable, RouteTarget};
 use strip::UsageChunkStripper;
 use tee::{Metering, TeeBody, UsageReader};
@@ -53,15 +55,48 @@ pub struct ProxyState {
 
 /// Serves the proxy on `listener` until `shutdown` turns true, then lets in-flight calls finish
 /// for at most `drain`, and cuts the rest (each still yields its record when its body drops).
+/// At most `limits.max_connections` connections are served at once: past it, the loop stops
+/// accepting (new connections wait in the backlog) until one closes.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ProxyState>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    limits: ConnectionLimits,
 ) {
     let mut connections = JoinSet::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut full = false;
     loop {
+        // A place first, then a connection: at the cap, connections wait unaccepted.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                full = false;
+                permit
+            }
+            Err(_) => {
+                if !full {
+                    full = true;
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "client connection cap reached (server.max_connections); new connections wait"
+                    );
+                }
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -69,7 +104,15 @@ pub async fn serve(
                     let builder = builder.clone();
                     let state = state.clone();
                     let shutdown = shutdown.clone();
-                    connections.spawn(serve_connection(builder, stream, peer, state, shutdown));
+                    let slot = Slot::new(permit, limits.metrics.clone());
+                    connections.spawn(serve_connection(
+                        builder,
+                        stream,
+                        peer,
+                        state,
+                        shutdown,
+                        (slot, limits.clone()),
+                    ));
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -96,24 +139,61 @@ pub async fn serve(
     }
 }
 
+/// Serves one client connection until it ends or shutdown drains it. A connection with no
+/// request in progress for `header_read_timeout` (its headers never complete, or it sits idle)
+/// is closed; its `Slot` is freed when this returns.
 async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     state: Arc<ProxyState>,
     mut shutdown: watch::Receiver<bool>,
+    (_slot, limits): (Slot, ConnectionLimits),
 ) {
-    let service = service_fn(move |request| handle(state.clone(), request));
+    let activity = Activity::new();
+    let tracker = activity.clone();
+    let service = service_fn(move |request| {
+        let guard = tracker.begin();
+        let state = state.clone();
+        async move {
+            let response = handle(state, request).await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+        }
+    });
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = shutdown.changed() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let timeout = limits.header_read_timeout;
+    let result = loop {
+        // Re-armed whenever it fires while the connection is busy or was used since.
+        let deadline = activity
+            .idle_deadline(timeout)
+            .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = shutdown.changed() => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                if activity
+                    .idle_deadline(timeout)
+                    .is_some_and(|idle| idle <= tokio::time::Instant::now())
+                {
+                    limits.metrics.client_timeouts_total.inc();
+                    tracing::debug!(%peer, "no request headers in time; closing the connection");
+                    // HTTP/2 clients get a GOAWAY; whatever is still unfinished after a
+                    // moment is dropped (nothing is in flight on it).
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection.as_mut()).await;
+                    return;
+                }
+            }
         }
     };
     if let Err(err) = result {
+        if listener::is_header_timeout(&*err) {
+            limits.metrics.client_timeouts_total.inc();
+        }
         tracing::debug!(%peer, error = %err, "client connection ended with an error");
     }
 }
@@ -186,14 +266,14 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
+        listener::discard_rest(body);
         return Ok(too_large(&state, context, limit));
     }
-    let body = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-    {
+    let mut limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let body = match (&mut limited).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            listener::discard_rest(limited);
             return Ok(too_large(&state, context, limit));
         }
         Err(err) => {
