@@ -451,6 +451,17 @@ fn malformed_config_values_exit_2_naming_file_and_key() {
             "base_url",
         ),
         ("unknown top-level key", "verbose = true\n".into(), "verbose"),
+        // Quoted keys carrying a newline or a terminal escape: still one line, escaped.
+        (
+            "newline in a key",
+            "\"a\\nb\" = 1\n".into(),
+            "a\\nb",
+        ),
+        (
+            "escape sequence in a key",
+            "[server]\n\"x\\u001b[31m\" = 1\n".into(),
+            "server.x\\u{1b}[31m",
+        ),
         // Syntax.
         ("unclosed table", "[server\nlisten = 1\n".into(), "line 1"),
         (

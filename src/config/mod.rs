@@ -577,9 +577,11 @@ impl Config {
 
     /// Parses and validates TOML text; `file` names it in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        // One line, whatever the file holds: a quoted key may carry newlines or terminal
+        // escapes, and errors quote keys.
         let invalid = |message: String| ConfigError::Invalid {
             file: file.to_string(),
-            message,
+            message: one_line(&message),
         };
         let value: toml::Table = text.parse().map_err(|err: toml::de::Error| {
             let location = err
@@ -646,6 +648,22 @@ impl Config {
             },
         }
     }
+}
+
+/// `text` with its control characters escaped (`\n`, `\u{1b}`), so it prints as one line.
+fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, String> {
