@@ -286,6 +286,11 @@ fn malformed_config_values_exit_2_naming_file_and_key() {
             "server.listen",
         ),
         (
+            "proxy and metrics on one address",
+            "[server]\nlisten = \"127.0.0.1:8787\"\nmetrics_listen = \"127.0.0.1:8787\"\n".into(),
+            "server.metrics_listen",
+        ),
+        (
             "trailing space",
             "[server]\nlisten = \"127.0.0.1:8787 \"\n".into(),
             "server.listen",

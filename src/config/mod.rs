@@ -723,6 +723,12 @@ impl RawConfig {
             max_parse_body_bytes: self.server.max_parse_body_bytes,
             max_rewrite_body_bytes: self.server.max_rewrite_body_bytes,
         };
+        if server.listen == server.metrics_listen && server.listen.port() != 0 {
+            return Err(format!(
+                "server.metrics_listen: {} is also server.listen; the two need their own ports",
+                server.metrics_listen
+            ));
+        }
         if server.max_request_body_bytes == 0 {
             return Err("server.max_request_body_bytes: must be at least 1".to_string());
         }
