@@ -260,7 +260,7 @@ fn nonzero_secs(key: &str, secs: u64) -> Result<Duration, String> {
     if secs == 0 {
         return Err(format!("{key}: must be at least 1"));
     }
-    Ok(Duration::from_secs(secs))
+    super::bounded_secs(key, secs)
 }
 
 impl RawSmtp {

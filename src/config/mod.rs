@@ -599,9 +599,11 @@ impl Config {
 
     /// Parses and validates TOML text; `file` names it in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        // One line, whatever the file holds: a quoted key may carry newlines or terminal
+        // escapes, and errors quote keys.
         let invalid = |message: String| ConfigError::Invalid {
             file: file.to_string(),
-            message,
+            message: one_line(&message),
         };
         let value: toml::Table = text.parse().map_err(|err: toml::de::Error| {
             let location = err
@@ -670,6 +672,22 @@ impl Config {
     }
 }
 
+/// `text` with its control characters escaped (`\n`, `\u{1b}`), so it prints as one line.
+fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, String> {
     value
         .parse()
@@ -687,9 +705,23 @@ pub fn is_valid_name(name: &str) -> bool {
         && name != ".."
 }
 
+/// The longest duration any `*_secs` key takes: one year. Longer is never meant, and timers
+/// computed as `now + duration` from a value near `u64::MAX` seconds would overflow.
+pub const MAX_SECS: u64 = 366 * 24 * 3600;
+
 fn positive_secs(key: &str, secs: u64) -> Result<Duration, String> {
     if secs == 0 {
         return Err(format!("{key}: must be at least 1"));
+    }
+    bounded_secs(key, secs)
+}
+
+/// A duration of 0 up to [`MAX_SECS`] seconds.
+pub(crate) fn bounded_secs(key: &str, secs: u64) -> Result<Duration, String> {
+    if secs > MAX_SECS {
+        return Err(format!(
+            "{key}: {secs} is more than a year (at most {MAX_SECS} seconds)"
+        ));
     }
     Ok(Duration::from_secs(secs))
 }
@@ -705,7 +737,10 @@ impl RawConfig {
         let server = ServerConfig {
             listen: parse_addr("server.listen", &self.server.listen)?,
             metrics_listen: parse_addr("server.metrics_listen", &self.server.metrics_listen)?,
-            drain_timeout: Duration::from_secs(self.server.drain_timeout_secs),
+            drain_timeout: bounded_secs(
+                "server.drain_timeout_secs",
+                self.server.drain_timeout_secs,
+            )?,
             max_request_body_bytes: self.server.max_request_body_bytes,
             max_parse_body_bytes: self.server.max_parse_body_bytes,
             max_rewrite_body_bytes: self.server.max_rewrite_body_bytes,
@@ -721,6 +756,12 @@ impl RawConfig {
                 server.max_connections
             ));
         }
+        if server.listen == server.metrics_listen && server.listen.port() != 0 {
+            return Err(format!(
+                "server.metrics_listen: {} is also server.listen; the two need their own ports",
+                server.metrics_listen
+            ));
+        }
         if server.max_request_body_bytes == 0 {
             return Err("server.max_request_body_bytes: must be at least 1".to_string());
         }
@@ -729,6 +770,14 @@ impl RawConfig {
         }
         if self.store.batch_size == 0 {
             return Err("store.batch_size: must be at least 1".to_string());
+        }
+        // SQLite takes the busy timeout as a C int of milliseconds.
+        if i32::try_from(self.store.busy_timeout_ms).is_err() {
+            return Err(format!(
+                "store.busy_timeout_ms: {} is more than SQLite's maximum of {} (about 24 days)",
+                self.store.busy_timeout_ms,
+                i32::MAX
+            ));
         }
         let store = StoreConfig {
             path: PathBuf::from(&self.store.path),
@@ -758,7 +807,10 @@ impl RawConfig {
                 "upstream.connect_timeout_secs",
                 self.upstream.connect_timeout_secs,
             )?,
-            pool_idle_timeout: Duration::from_secs(self.upstream.pool_idle_timeout_secs),
+            pool_idle_timeout: bounded_secs(
+                "upstream.pool_idle_timeout_secs",
+                self.upstream.pool_idle_timeout_secs,
+            )?,
             pool_max_idle_per_host: self.upstream.pool_max_idle_per_host,
             drain_on_disconnect: self.upstream.drain_on_disconnect,
             drain_on_disconnect_timeout: positive_secs(
@@ -912,8 +964,10 @@ impl RawConfig {
             for fingerprint in raw.keys {
                 let normalized = fingerprint.to_ascii_lowercase();
                 if normalized.len() != 12 || !normalized.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    // Not echoed: it may well be the key itself.
                     return Err(format!(
-                        "{key}.keys: {fingerprint:?} is not a key fingerprint (12 hex characters of sha256(key); never the key itself)"
+                        "{key}.keys: entry {} is not a key fingerprint (12 hex characters of sha256(key); never the key itself)",
+                        keys.len()
                     ));
                 }
                 if !fingerprints.insert(normalized.clone()) {

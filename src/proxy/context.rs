@@ -158,17 +158,46 @@ impl CallContext {
     }
 }
 
-/// Adds `key: value` to a JSON object of tags (or starts one). Values are JSON-escaped.
+/// Sets `key: value` in a JSON object of tags (or starts one). Values are JSON-escaped. What
+/// meter read from the response replaces a client's `X-Meter-Tags` entry of the same name, so a
+/// client cannot pass off its own value as the provider's.
 fn add_tag(tags: Option<&str>, key: &str, value: &str) -> String {
     let mut object = tags
         .and_then(|t| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(t).ok())
         .unwrap_or_default();
-    object
-        .entry(key.to_string())
-        .or_insert_with(|| serde_json::Value::String(value.to_string()));
+    object.insert(
+        key.to_string(),
+        serde_json::Value::String(value.to_string()),
+    );
     serde_json::Value::Object(object).to_string()
 }
 
 fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_providers_tag_replaces_a_clients_one() {
+        assert_eq!(
+            add_tag(Some(r#"{"team":"a"}"#), "upstream_provider", "Anthropic"),
+            r#"{"team":"a","upstream_provider":"Anthropic"}"#
+        );
+        assert_eq!(
+            add_tag(
+                Some(r#"{"upstream_provider":"spoofed"}"#),
+                "upstream_provider",
+                "Anthropic"
+            ),
+            r#"{"upstream_provider":"Anthropic"}"#
+        );
+        assert_eq!(
+            add_tag(None, "upstream_provider", "a\"b"),
+            r#"{"upstream_provider":"a\"b"}"#
+        );
+    }
 }

@@ -207,10 +207,15 @@ pub async fn handle(
     let ts = state.clock.now();
     let path = request.uri().path().to_string();
     let query = request.uri().query().map(str::to_string);
-    let target = match state
+    let routed = state
         .routes
-        .route(&path, query.as_deref(), request.headers())
-    {
+        .check_target(request.method(), request.uri(), request.version())
+        .and_then(|()| {
+            state
+                .routes
+                .route(&path, query.as_deref(), request.headers())
+        });
+    let target = match routed {
         Ok(target) => target,
         Err(err) => return Ok(route_error(&state, err)),
     };
@@ -779,6 +784,9 @@ fn route_error(state: &ProxyState, err: RouteError) -> Response<ProxyBody> {
         }
         RouteError::BadTags(reason) => {
             json_error(StatusCode::BAD_REQUEST, "bad_tags", &reason, None)
+        }
+        RouteError::NotAProxy { code, message } => {
+            json_error(StatusCode::FORBIDDEN, code, &message, None)
         }
     }
 }

@@ -2,9 +2,10 @@
 //! upstream path) or a refusal. Pure: no IO, no logging of keys (only fingerprints leave here).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, Method, Uri, Version};
 use sha2::{Digest, Sha256};
 
 use crate::config::{is_valid_name, Agent, Config, Provider};
@@ -14,6 +15,7 @@ pub const AGENT_HEADER: &str = "x-meter-agent";
 pub const TAGS_HEADER: &str = "x-meter-tags";
 const MAX_TAGS_HEADER_BYTES: usize = 1024;
 const MAX_TAGS: usize = 16;
+const MAX_TAG_VALUE_BYTES: usize = 128;
 
 /// The providers and agents meter knows, indexed for the request path.
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub struct RouteTable {
     names: Vec<String>,
     agents_by_name: HashMap<String, Arc<Agent>>,
     agents_by_fingerprint: HashMap<String, Arc<Agent>>,
+    /// `server.listen`: an absolute-form request naming meter itself is routed like any other.
+    listen: SocketAddr,
 }
 
 /// Where a request goes and who it is for.
@@ -42,10 +46,19 @@ pub struct RouteTarget {
 /// Why a request cannot be routed; the proxy maps each to a status and a JSON error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
-    UnknownProvider { prefix: String },
+    UnknownProvider {
+        prefix: String,
+    },
     BadPath(&'static str),
     BadAgent(String),
     BadTags(String),
+    /// A proxy request (CONNECT, or an HTTP/1 absolute-form target naming another host) while
+    /// forward-proxy mode is off: answered 403, nothing forwarded. `code` is
+    /// `forward_proxy_off` when the host is a configured provider's, else `not_a_proxy`.
+    NotAProxy {
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl RouteTable {
@@ -70,12 +83,89 @@ impl RouteTable {
             names,
             agents_by_name,
             agents_by_fingerprint,
+            listen: config.server.listen,
         }
     }
 
     /// The provider prefixes, in configuration order.
     pub fn provider_names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Refuses what asks meter to act as a forward proxy while forward-proxy mode is off
+    /// (SPEC §2: meter is not an open proxy): every `CONNECT`, and every HTTP/1 absolute-form
+    /// target (`GET http://host/... HTTP/1.1`, which only a client configured to use a proxy
+    /// sends) unless it names meter's own `server.listen`. Such a request is never routed by its
+    /// path alone: the credentials it carries are meant for the host it names. HTTP/2 requests
+    /// always carry `:authority` (the `Host` of HTTP/2) and are routed by path.
+    pub fn check_target(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+    ) -> Result<(), RouteError> {
+        let http1 = matches!(
+            version,
+            Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
+        );
+        let connect = method == Method::CONNECT;
+        let Some(authority) = uri.authority().filter(|_| connect || http1) else {
+            if connect {
+                return Err(not_a_proxy(""));
+            }
+            return Ok(());
+        };
+        if !connect && self.is_self(authority) {
+            return Ok(());
+        }
+        // Named for the message only: the upstream by host and port first, then `hosts`.
+        let host = authority.host().trim_end_matches('.');
+        let providers = || {
+            self.names
+                .iter()
+                .filter_map(|name| self.providers.get(name).map(|p| (name, p)))
+        };
+        let provider = providers()
+            .find(|(_, p)| {
+                let port = p.upstream.authority.port_u16();
+                let default = if p.upstream.https { 443 } else { 80 };
+                p.upstream.host().eq_ignore_ascii_case(host)
+                    && port.unwrap_or(default) == authority.port_u16().unwrap_or(default)
+            })
+            .or_else(|| {
+                providers().find(|(_, p)| {
+                    p.hosts
+                        .iter()
+                        .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(host))
+                })
+            })
+            .map(|(name, _)| name);
+        let shown: String = authority.as_str().chars().take(128).collect();
+        match provider {
+            Some(name) => Err(RouteError::NotAProxy {
+                code: "forward_proxy_off",
+                message: format!(
+                    "{shown:?} is provider {name:?}'s host, but forward-proxy mode is off: use http://<meter>/{name}/<path> as the base URL"
+                ),
+            }),
+            None => Err(not_a_proxy(&shown)),
+        }
+    }
+
+    /// Whether an absolute-form authority names meter's own listen address.
+    fn is_self(&self, authority: &http::uri::Authority) -> bool {
+        if self.listen.port() == 0 || authority.port_u16() != Some(self.listen.port()) {
+            return false;
+        }
+        let host = authority.host();
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>();
+        match ip {
+            Ok(ip) => ip == self.listen.ip(),
+            Err(_) => host.eq_ignore_ascii_case("localhost") && self.listen.ip().is_loopback(),
+        }
     }
 
     /// Routes a request (SPEC §2, §3).
@@ -107,6 +197,13 @@ impl RouteTable {
                 prefix: prefix.chars().take(64).collect(),
             })?
             .clone();
+        // `//host/...` is not a path but a network-path reference (RFC 3986 §4.2): as the
+        // whole request target it could be read as another host by whatever parses it next.
+        if provider.upstream.base_path.is_empty() && upstream_path.starts_with("//") {
+            return Err(RouteError::BadPath(
+                "the path after the provider prefix must not start with '//'",
+            ));
+        }
 
         let key_fingerprint = api_key(headers)
             .map(fingerprint)
@@ -160,24 +257,39 @@ fn split_segment(path: &str) -> (&str, &str) {
     }
 }
 
+/// Encoded bytes refused anywhere in the path: dot, slash, backslash (`%2e`, `%2f`, `%5c`), NUL,
+/// and the overlong UTF-8 leads `%c0`/`%c1` (`%c0%ae` is a dot to some old decoders).
+const REFUSED_ESCAPES: [&str; 6] = ["%2e", "%2f", "%5c", "%00", "%c0", "%c1"];
+
 /// Refuses paths that could climb out of a provider's base path once a server normalises them.
 fn check_path(path: &str) -> Result<(), RouteError> {
     if !path.starts_with('/') {
         return Err(RouteError::BadPath("the path must start with '/'"));
     }
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2e") || lower.contains("%2f") || lower.contains('\\') {
+    if REFUSED_ESCAPES.iter().any(|escape| lower.contains(escape)) || lower.contains('\\') {
         return Err(RouteError::BadPath(
-            "encoded dots, slashes and backslashes are not allowed in the path",
+            "encoded dots, slashes, backslashes and NULs are not allowed in the path",
         ));
     }
-    if path
-        .split('/')
-        .any(|segment| segment == ".." || segment == ".")
-    {
+    // `..;x` is `..` to servers that strip path parameters (Tomcat, Spring).
+    if path.split('/').any(|segment| {
+        let name = segment.split(';').next().unwrap_or(segment);
+        name == ".." || name == "."
+    }) {
         return Err(RouteError::BadPath("'.' and '..' segments are not allowed"));
     }
     Ok(())
+}
+
+/// The 403 for a proxy request to a host meter does not know.
+fn not_a_proxy(shown: &str) -> RouteError {
+    RouteError::NotAProxy {
+        code: "not_a_proxy",
+        message: format!(
+            "meter is not an open proxy and forward-proxy mode is off: it forwards only to its configured providers, never to {shown:?}; use http://<meter>/<provider>/<path> as the base URL"
+        ),
+    }
 }
 
 /// The API key a request carries, in the places the supported SDKs put it.
@@ -221,7 +333,25 @@ fn query_key_fingerprint(query: Option<&str>) -> Option<String> {
         .map(|key| fingerprint(key.as_bytes()))
 }
 
-/// `k=v,k=v` into a JSON object with sorted keys. Keys are names; values are printable ASCII.
+/// Characters refused in tag values: controls, and the invisible and bidirectional formatting
+/// characters that make a value display as something it is not.
+fn hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// `k=v,k=v` into a JSON object with sorted keys. Keys are names; values are at most 128 bytes
+/// of visible UTF-8 (see [`hidden_char`]), JSON-escaped when stored.
 fn parse_tags(raw: &[u8]) -> Result<String, String> {
     if raw.len() > MAX_TAGS_HEADER_BYTES {
         return Err(format!(
@@ -242,7 +372,7 @@ fn parse_tags(raw: &[u8]) -> Result<String, String> {
         if !is_valid_name(key) {
             return Err("X-Meter-Tags: keys must be 1-64 letters, digits, '-', '_', '.'".into());
         }
-        if value.len() > 128 || value.chars().any(|c| c.is_control()) {
+        if value.len() > MAX_TAG_VALUE_BYTES || value.chars().any(hidden_char) {
             return Err("X-Meter-Tags: values must be at most 128 printable characters".into());
         }
         tags.insert(key.to_string(), value.to_string());
@@ -345,7 +475,7 @@ routes = ["direct"]
                 "/openai/%2e%2e/etc",
                 vec![],
                 Err(RouteError::BadPath(
-                    "encoded dots, slashes and backslashes are not allowed in the path",
+                    "encoded dots, slashes, backslashes and NULs are not allowed in the path",
                 )),
             ),
         ];
@@ -424,6 +554,173 @@ routes = ["direct"]
             } else {
                 assert!(matches!(result, Err(RouteError::BadTags(_))), "{bad}");
             }
+        }
+    }
+
+    #[test]
+    fn traversal_and_odd_paths_are_refused() {
+        let bad_path = |path: &str| matches!(check(path, &[]), Err(RouteError::BadPath(_)));
+        for path in [
+            "/openai/../anthropic/v1/messages",
+            "/openai/v1/..",
+            "/openai/./v1",
+            "/openai/..;/etc/passwd",
+            "/openai/v1/.;x/models",
+            "/%2e%2e/openai/v1",
+            "/openai/%2E%2E/x",
+            "/openai/..%2f..%2fetc/passwd",
+            "/openai/v1%2Fmodels",
+            "/openai/v1%5c..%5cx",
+            "/openai/v1\\..\\x",
+            "/openai/v1/%00",
+            "/openai/%c0%ae%c0%ae/x",
+            "/agent/ci/../openai/v1",
+            "/openai//evil.example/x",
+            "*",
+            "",
+        ] {
+            assert!(bad_path(path), "{path}: {:?}", check(path, &[]));
+        }
+        // `//host` is only refused where it would be the whole upstream path.
+        let config = Config::from_toml(
+            "[[provider]]\nname = \"based\"\nupstream = \"http://127.0.0.1:9/api\"\n",
+            "t",
+        )
+        .unwrap();
+        let target = RouteTable::new(&config)
+            .route("/based//x", None, &HeaderMap::new())
+            .unwrap();
+        assert_eq!(target.upstream_path, "//x");
+        // Not traversal: dots inside names, and `..` as part of a longer segment.
+        assert_eq!(
+            check("/openai/v1/models/gpt-4.1..x", &[]),
+            ok("openai", "default", "/v1/models/gpt-4.1..x")
+        );
+        assert!(matches!(
+            check("//evil.example/x", &[]),
+            Err(RouteError::UnknownProvider { .. })
+        ));
+    }
+
+    #[test]
+    fn proxy_requests_are_refused_while_forward_mode_is_off() {
+        let config = Config::from_toml(
+            "[server]\nlisten = \"127.0.0.1:8787\"\n[[provider]]\nname = \"local\"\nupstream = \"http://127.0.0.1:9000\"\n",
+            "t",
+        )
+        .unwrap();
+        let table = RouteTable::new(&config);
+        let check = |method: Method, uri: &str, version: Version| {
+            table
+                .check_target(&method, &uri.parse::<Uri>().unwrap(), version)
+                .map_err(|err| match err {
+                    RouteError::NotAProxy { code, .. } => code,
+                    other => panic!("{other:?}"),
+                })
+        };
+        let h1 = Version::HTTP_11;
+        assert_eq!(check(Method::GET, "/openai/v1/models", h1), Ok(()));
+        assert_eq!(
+            check(Method::CONNECT, "evil.example:443", h1),
+            Err("not_a_proxy")
+        );
+        assert_eq!(
+            check(Method::CONNECT, "api.openai.com:443", h1),
+            Err("forward_proxy_off")
+        );
+        assert_eq!(
+            check(Method::CONNECT, "api.openai.com:443", Version::HTTP_2),
+            Err("forward_proxy_off")
+        );
+        assert_eq!(
+            check(Method::GET, "http://evil.example/openai/v1/models", h1),
+            Err("not_a_proxy")
+        );
+        assert_eq!(
+            check(
+                Method::POST,
+                "https://API.OpenAI.com./v1/chat/completions",
+                h1
+            ),
+            Err("forward_proxy_off")
+        );
+        assert_eq!(
+            check(
+                Method::GET,
+                "http://127.0.0.1:9000/v1/models",
+                Version::HTTP_10
+            ),
+            Err("forward_proxy_off")
+        );
+        // Another port on a provider's host is still that provider's host (`hosts` are names).
+        assert_eq!(
+            check(Method::GET, "http://127.0.0.1:1/v1/models", h1),
+            Err("forward_proxy_off")
+        );
+        assert_eq!(
+            check(Method::GET, "http://10.9.9.9:9000/v1/models", h1),
+            Err("not_a_proxy")
+        );
+        // meter's own address in absolute form is an ordinary request.
+        assert_eq!(
+            check(Method::GET, "http://127.0.0.1:8787/openai/v1", h1),
+            Ok(())
+        );
+        assert_eq!(
+            check(Method::GET, "http://localhost:8787/openai/v1", h1),
+            Ok(())
+        );
+        assert_eq!(
+            check(Method::GET, "http://localhost:8788/openai/v1", h1),
+            Err("not_a_proxy")
+        );
+        // HTTP/2 always carries an authority: routed by path.
+        assert_eq!(
+            check(
+                Method::GET,
+                "http://evil.example/openai/v1",
+                Version::HTTP_2
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn tag_values_are_bounded_and_visible() {
+        let tags = |value: &str| {
+            table()
+                .route("/openai/v1", None, &headers(&[("x-meter-tags", value)]))
+                .map(|t| t.tags)
+        };
+        assert_eq!(tags("k=a=b").unwrap().as_deref(), Some(r#"{"k":"a=b"}"#));
+        assert_eq!(
+            tags("k=1'); DROP TABLE usage;--").unwrap().as_deref(),
+            Some(r#"{"k":"1'); DROP TABLE usage;--"}"#)
+        );
+        assert!(tags(&format!("k={}", "v".repeat(128))).is_ok());
+        for bad in [
+            format!("k={}", "v".repeat(129)),
+            "k=a\tb".to_string(),
+            "k=a\u{202E}b".to_string(),
+            "k=\u{200B}".to_string(),
+            "k\u{00e9}=v".to_string(),
+            (0..17)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ] {
+            let mut map = HeaderMap::new();
+            map.insert(
+                TAGS_HEADER,
+                http::HeaderValue::from_bytes(bad.as_bytes()).unwrap(),
+            );
+            assert!(
+                matches!(
+                    table().route("/openai/v1", None, &map),
+                    Err(RouteError::BadTags(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 

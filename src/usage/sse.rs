@@ -233,6 +233,15 @@ impl PendingEvent {
             self.dispatch(on_event);
             return;
         }
+        if line.len() > limit.saturating_add(LINE_SLACK_BYTES) {
+            // A line read in place gets what one read in pieces gets (`PartialLine::push`):
+            // skipped, and its event dropped if it is data. Otherwise an over-long `event:`
+            // name would count or not depending on how the stream was cut.
+            if line.starts_with(b"data:") {
+                self.overflow();
+            }
+            return;
+        }
         if line[0] == b':' {
             return;
         }
@@ -478,6 +487,46 @@ mod tests {
         assert!(framer.pending.data.capacity() <= 1024);
         framer.finish(|_| {});
         assert_eq!(framer.overflowed_events(), 1);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// An endless line of any field, in chunks of any size, never holds more than about
+        /// twice the limit (a `Vec` grows by doubling), and an endless `data:` line drops its
+        /// event.
+        #[test]
+        fn an_endless_line_is_bounded(
+            head in proptest::sample::select(vec![&b"data: "[..], b"data:", b"event: ", b": ", b"x", b""]),
+            limit in 1usize..2048,
+            sizes in proptest::collection::vec(1usize..5000, 1..64),
+            end in proptest::sample::select(vec![&b""[..], b"\n", b"\r\n\r\n"]),
+        ) {
+            let mut framer = SseFramer::with_limit(limit);
+            let mut dispatched = 0;
+            framer.feed(head, |_| dispatched += 1);
+            let bound = 2 * (limit + LINE_SLACK_BYTES) + 64;
+            for size in &sizes {
+                framer.feed(&vec![b'y'; *size], |_| dispatched += 1);
+                proptest::prop_assert!(framer.line.bytes.capacity() <= bound, "capacity {}", framer.line.bytes.capacity());
+                proptest::prop_assert!(framer.line.bytes.len() <= limit + LINE_SLACK_BYTES);
+                proptest::prop_assert!(framer.pending.data.len() <= limit);
+                proptest::prop_assert!(framer.pending.event.len() <= limit + LINE_SLACK_BYTES);
+            }
+            framer.feed(end, |_| dispatched += 1);
+            framer.finish(|_| dispatched += 1);
+            let total = head.len() + sizes.iter().sum::<usize>();
+            if head.starts_with(b"data:") && total > limit + LINE_SLACK_BYTES {
+                proptest::prop_assert_eq!(dispatched, 0);
+                proptest::prop_assert_eq!(framer.overflowed_events(), 1);
+            }
+            proptest::prop_assert!(framer.line.bytes.capacity() <= RETAINED_CAPACITY_BYTES);
+            proptest::prop_assert!(framer.pending.data.capacity() <= RETAINED_CAPACITY_BYTES);
+        }
     }
 
     #[test]
