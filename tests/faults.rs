@@ -899,13 +899,9 @@ async fn huge_streamed_body_is_forwarded_whole_with_bounded_memory() {
     let upstream = FakeProvider::start(move |_| FakeResponse::sse(pieces.clone())).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
-    // A parse cap above the body, so the parser reads all of it (and still keeps none).
-    let mut meter = bin_meter(
-        dir.path(),
-        &db,
-        &upstream.url(),
-        "max_parse_body_bytes = 536870912",
-    );
+    // The default parse cap (64 MiB) is far below the stream: an event stream is read event by
+    // event, so the cap bounds one piece, not the stream, and the usage at its end is read.
+    let mut meter = bin_meter(dir.path(), &db, &upstream.url(), "");
     let pid = meter.child.id();
     let url = format!("http://{}/openai/v1/chat/completions", meter.proxy);
     let (status, _, _) = send(post_json(&url, &chat_request(false))).await;

@@ -1076,7 +1076,7 @@ listen = "{DEFAULT_LISTEN}"              # the proxy; keep it on loopback unless
 metrics_listen = "{DEFAULT_METRICS_LISTEN}"      # /metrics, /healthz, /readyz
 drain_timeout_secs = {DEFAULT_DRAIN_TIMEOUT_SECS}                # on SIGTERM: how long in-flight calls may finish
 max_request_body_bytes = {DEFAULT_MAX_REQUEST_BODY_BYTES}       # larger request bodies get 413
-max_parse_body_bytes = {DEFAULT_MAX_PARSE_BODY_BYTES}         # cap on (decompressed) bytes read for usage
+max_parse_body_bytes = {DEFAULT_MAX_PARSE_BODY_BYTES}         # cap on (decompressed) bytes read for usage (per piece of an event stream)
 max_rewrite_body_bytes = {DEFAULT_MAX_REWRITE_BODY_BYTES}        # larger requests are never rewritten (see inject_stream_usage)
 max_connections = {DEFAULT_MAX_CONNECTIONS}                   # client connections served at once; past it, new ones wait
                                          # (keep it under the file descriptor limit, ulimit -n)

@@ -447,7 +447,12 @@ pub async fn handle(
         && identity
         && !parts.headers.contains_key(header::CONTENT_LENGTH))
     .then(UsageChunkStripper::default);
-    let reader = UsageReader::new(parser, encoding, state.max_parse_body_bytes);
+    let reader = UsageReader::new(
+        parser,
+        encoding,
+        state.max_parse_body_bytes,
+        matches!(body_kind, BodyKind::Sse | BodyKind::Ndjson),
+    );
     let idle_timeout = context.provider.idle_timeout;
     let body = TeeBody::new(
         upstream_body,

@@ -33,12 +33,21 @@ pub struct UsageReader {
     parser: Option<Box<dyn UsageParser>>,
     /// Decompressed bytes the parser may still read; past it, usage is unreadable.
     remaining: u64,
+    /// The parser reads event by event in bounded memory (SSE, NDJSON): the cap bounds what one
+    /// piece decompresses to, not the stream's length, so a long stream keeps its usage.
+    incremental: bool,
+    cap: u64,
 }
 
 impl UsageReader {
     /// `encoding` is the response's `Content-Encoding`; an encoding meter cannot decode leaves
     /// the usage unread (the client still gets every byte).
-    pub fn new(parser: Option<Box<dyn UsageParser>>, encoding: Option<&str>, cap: u64) -> Self {
+    pub fn new(
+        parser: Option<Box<dyn UsageParser>>,
+        encoding: Option<&str>,
+        cap: u64,
+        incremental: bool,
+    ) -> Self {
         let (decoder, parser) = match (parser, encoding) {
             (Some(parser), encoding) => match Decoder::for_encoding(encoding) {
                 Ok(decoder) => (decoder, Some(parser)),
@@ -50,6 +59,8 @@ impl UsageReader {
             decoder,
             parser,
             remaining: cap,
+            incremental,
+            cap,
         }
     }
 
@@ -57,6 +68,16 @@ impl UsageReader {
         let Some(parser) = self.parser.as_mut() else {
             return;
         };
+        if self.incremental {
+            match self.decoder.as_mut() {
+                None => parser.feed(chunk),
+                Some(decoder) => match decoder.decode(chunk, self.cap) {
+                    Ok(plain) => parser.feed(&plain),
+                    Err(()) => self.overflow(),
+                },
+            }
+            return;
+        }
         match self.decoder.as_mut() {
             None => {
                 if chunk.len() as u64 > self.remaining {
@@ -84,8 +105,13 @@ impl UsageReader {
     }
 
     fn finish(&mut self) -> Option<ParsedUsage> {
+        let limit = if self.incremental {
+            self.cap
+        } else {
+            self.remaining
+        };
         if let Some(decoder) = self.decoder.as_mut() {
-            match decoder.finish(self.remaining) {
+            match decoder.finish(limit) {
                 Ok(plain) => {
                     if let Some(parser) = self.parser.as_mut() {
                         parser.feed(&plain);
@@ -433,7 +459,8 @@ mod tests {
     }
 
     fn read(encoding: Option<&str>, body: &[u8], cap: u64) -> Option<String> {
-        let mut reader = UsageReader::new(Some(Box::new(Collect(Vec::new()))), encoding, cap);
+        let mut reader =
+            UsageReader::new(Some(Box::new(Collect(Vec::new()))), encoding, cap, false);
         for piece in body.chunks(7) {
             reader.feed(piece);
         }
