@@ -133,3 +133,73 @@ async fn serve_runs_on_built_in_defaults_and_exits_0_on_sigterm() {
     meter.signal("TERM");
     assert_eq!(meter.wait(Duration::from_secs(20)), Some(0));
 }
+
+/// `worker_threads = 1` (what one CPU picks by itself) serves plain and streamed calls on a
+/// single-threaded runtime, metrics included, and drains on SIGTERM.
+#[tokio::test]
+async fn a_single_threaded_meter_serves_calls_and_drains() {
+    let upstream = FakeProvider::start(|received| {
+        if String::from_utf8_lossy(&received.body).contains("\"stream\":true") {
+            FakeResponse::sse(vec![
+                Piece::now(
+                    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n",
+                ),
+                Piece::after(
+                    Duration::from_millis(300),
+                    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1,\"total_tokens\":8}}\n\ndata: [DONE]\n\n",
+                ),
+            ])
+        } else {
+            FakeResponse::json(
+                200,
+                r#"{"id":"c2","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#,
+            )
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nworker_threads = 1\n\n[[provider]]\nname = \"openai\"\nupstream = \"{}\"\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let mut meter = BinMeter::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let pid = meter.child.id();
+    let url = format!("http://{}/openai/v1/chat/completions", meter.proxy);
+    let (status, _, body) = send(post_json(
+        &url,
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#,
+    ))
+    .await;
+    assert_eq!(status, 200, "{body:?}");
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    let stream = tokio::spawn(send(post_json(
+        &url,
+        r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hi"}]}"#,
+    )));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    meter.signal("TERM");
+    let (status, _, body) = stream.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("[DONE]"));
+    assert_eq!(meter.wait(Duration::from_secs(20)), Some(0));
+    let rows = rows(&dir.path().join("meter.db"));
+    let tokens: Vec<(i64, i64)> = rows
+        .iter()
+        .map(|r| (r.input_tokens, r.output_tokens))
+        .collect();
+    assert_eq!(rows.len(), 2, "{tokens:?}");
+    assert!(
+        tokens.contains(&(5, 1)) && tokens.contains(&(7, 1)),
+        "{tokens:?}"
+    );
+    // The serving runtime is the main thread; besides it only the ledger writer runs (a
+    // work-stealing runtime would add its worker threads).
+    assert_eq!(threads, 2, "threads of a single-threaded meter");
+}
