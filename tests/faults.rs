@@ -171,6 +171,18 @@ impl Custom {
 
 /// The real binary on a config file routing `openai` (and `anthropic`) to `upstream`, with
 /// `server` lines in its `[server]` table; the ledger at `db`.
+/// Waits until the ledger holds `rows` rows and meter has nothing pending.
+async fn all_records_land(what: &str, metrics: SocketAddr, db: &Path, rows: usize) {
+    wait_until(what, Duration::from_secs(20), || row_count(db) == rows).await;
+    wait_metric(
+        metrics,
+        "meter_ledger_pending_records",
+        Duration::from_secs(10),
+        |v| v == 0.0,
+    )
+    .await;
+}
+
 fn bin_meter(dir: &Path, db: &Path, upstream: &str, server: &str) -> BinMeter {
     let config = dir.join("meter.toml");
     std::fs::write(
@@ -1171,17 +1183,11 @@ async fn ledger_locked_by_another_process_delays_records_never_traffic() {
     writeln!(locker.stdin.as_mut().unwrap()).unwrap();
     assert!(locker.wait().unwrap().success());
     // Every record lands (the writer's back-off is at most 5 s).
-    wait_until(
+    all_records_land(
         "the records never landed after the lock was released",
-        Duration::from_secs(20),
-        || row_count(&db) == 1 + CALLS,
-    )
-    .await;
-    wait_metric(
         meter.metrics,
-        "meter_ledger_pending_records",
-        Duration::from_secs(10),
-        |v| v == 0.0,
+        &db,
+        1 + CALLS,
     )
     .await;
     eprintln!("ledger lock: {pending} records waited, all written after the release");
@@ -1299,17 +1305,11 @@ async fn disk_full_keeps_traffic_flowing_and_the_records_are_written_once_space_
     .await;
 
     std::fs::remove_file(&filler).unwrap();
-    wait_until(
+    all_records_land(
         "the records were not written once space returned",
-        Duration::from_secs(20),
-        || row_count(&db) == 1 + CALLS,
-    )
-    .await;
-    wait_metric(
         meter.metrics,
-        "meter_ledger_pending_records",
-        Duration::from_secs(10),
-        |v| v == 0.0,
+        &db,
+        1 + CALLS,
     )
     .await;
     meter.stop().await.unwrap();
