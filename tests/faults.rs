@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 // ---------------------------------------------------------------------------------------------
 // Wire bodies
@@ -120,57 +120,6 @@ fn row_count(db: &Path) -> usize {
         .unwrap() as usize
 }
 
-/// Meter in this process with a config written out in full (`{db}` and `{upstream}` filled
-/// in), for tests that set keys the shared helpers do not (`[store]`, `[server]` limits).
-struct Custom {
-    proxy: SocketAddr,
-    metrics: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Custom {
-    async fn start(db: &Path, upstream: &str, server: &str, store: &str, extra: &str) -> Custom {
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n{server}\n\n\
-             [store]\npath = {db:?}\n{store}\n\n\
-             [[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n{extra}"
-        );
-        let config = meter::config::Config::from_toml(&toml, "faults.toml").unwrap();
-        let listeners = meter::app::Listeners::bind(&config).await.unwrap();
-        let proxy = listeners.proxy.local_addr().unwrap();
-        let metrics = listeners.metrics.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(meter::app::run(config, listeners, async move {
-            let _ = stopped.await;
-        }));
-        Custom {
-            proxy,
-            metrics,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.proxy)
-    }
-
-    /// Shuts meter down and returns what `run` returned (Err when records were lost).
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .expect("meter did not stop within 60 s")
-            .unwrap()
-    }
-}
-
-/// The real binary on a config file routing `openai` (and `anthropic`) to `upstream`, with
-/// `server` lines in its `[server]` table; the ledger at `db`.
 /// Waits until the ledger holds `rows` rows and meter has nothing pending.
 async fn all_records_land(what: &str, metrics: SocketAddr, db: &Path, rows: usize) {
     wait_until(what, Duration::from_secs(20), || row_count(db) == rows).await;
@@ -183,6 +132,8 @@ async fn all_records_land(what: &str, metrics: SocketAddr, db: &Path, rows: usiz
     .await;
 }
 
+/// The real binary on a config file routing `openai` (and `anthropic`) to `upstream`, with
+/// `server` lines in its `[server]` table; the ledger at `db`.
 fn bin_meter(dir: &Path, db: &Path, upstream: &str, server: &str) -> BinMeter {
     let config = dir.join("meter.toml");
     std::fs::write(
@@ -1134,7 +1085,7 @@ async fn ledger_locked_by_another_process_delays_records_never_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
     // A short busy timeout, so the writer meets the lock as errors and retries them.
-    let mut meter = Custom::start(&db, &upstream.url(), "", "busy_timeout_ms = 100", "").await;
+    let mut meter = Meter::start_at(&db, &upstream.url(), "", "busy_timeout_ms = 100", "").await;
     let url = meter.url("/openai/v1/chat/completions");
     assert_eq!(send(post_json(&url, &chat_request(false))).await.0, 200);
     wait_until(
@@ -1191,7 +1142,7 @@ async fn ledger_locked_by_another_process_delays_records_never_traffic() {
     )
     .await;
     eprintln!("ledger lock: {pending} records waited, all written after the release");
-    meter.stop().await.unwrap();
+    meter.finish().await.unwrap();
     assert_eq!(row_count(&db), 1 + CALLS);
 }
 
@@ -1265,7 +1216,7 @@ async fn disk_full_keeps_traffic_flowing_and_the_records_are_written_once_space_
     let tmpfs = Tmpfs::mount("4m");
     let db = tmpfs.path().join("ledger.db");
     let upstream = FakeProvider::start(|_| FakeResponse::json(200, CHAT_JSON)).await;
-    let mut meter = Custom::start(&db, &upstream.url(), "", "", "").await;
+    let mut meter = Meter::start_at(&db, &upstream.url(), "", "", "").await;
     let url = meter.url("/openai/v1/chat/completions");
     assert_eq!(send(post_json(&url, &chat_request(false))).await.0, 200);
     wait_until(
@@ -1312,7 +1263,7 @@ async fn disk_full_keeps_traffic_flowing_and_the_records_are_written_once_space_
         1 + CALLS,
     )
     .await;
-    meter.stop().await.unwrap();
+    meter.finish().await.unwrap();
     let rows = rows(&db);
     assert_eq!(rows.len(), 1 + CALLS);
     assert!(rows
@@ -1584,7 +1535,7 @@ async fn slowloris_clients_are_closed_after_the_header_read_timeout() {
     let upstream = FakeProvider::start(|_| FakeResponse::json(200, CHAT_JSON)).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
-    let meter = Custom::start(&db, &upstream.url(), "header_read_timeout_secs = 2", "", "").await;
+    let meter = Meter::start_at(&db, &upstream.url(), "header_read_timeout_secs = 2", "", "").await;
     let proxy = meter.proxy;
     let request = format!(
         "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: meter\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
@@ -1665,7 +1616,7 @@ async fn slowloris_clients_are_closed_after_the_header_read_timeout() {
         "nothing of the slow clients reached the provider"
     );
     let mut meter = meter;
-    meter.stop().await.unwrap();
+    meter.finish().await.unwrap();
     assert_eq!(row_count(&db), 2);
 }
 
@@ -1678,7 +1629,7 @@ async fn idle_connections_neither_starve_clients_nor_pass_the_connection_cap() {
 
     // 2,000 idle connections under the default cap: a normal client is still served at once.
     let db = dir.path().join("many.db");
-    let mut meter = Custom::start(&db, &upstream.url(), "", "", "").await;
+    let mut meter = Meter::start_at(&db, &upstream.url(), "", "", "").await;
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
         idle.push(TcpStream::connect(meter.proxy).await.unwrap());
@@ -1708,12 +1659,12 @@ async fn idle_connections_neither_starve_clients_nor_pass_the_connection_cap() {
         |v| v == 0.0,
     )
     .await;
-    meter.stop().await.unwrap();
+    meter.finish().await.unwrap();
 
     // A cap of 20: 20 silent connections take every place, so the next client waits (its
     // connection is not even accepted) until the header read timeout frees them, then is served.
     let db = dir.path().join("capped.db");
-    let mut meter = Custom::start(
+    let mut meter = Meter::start_at(
         &db,
         &upstream.url(),
         &format!("max_connections = {CAP}\nheader_read_timeout_secs = 3"),
@@ -1774,5 +1725,5 @@ async fn idle_connections_neither_starve_clients_nor_pass_the_connection_cap() {
     let timeouts = sample(&scrape(meter.metrics).await, "meter_client_timeouts_total").unwrap();
     assert!(timeouts >= CAP as f64, "{timeouts}");
     drop(idle);
-    meter.stop().await.unwrap();
+    meter.finish().await.unwrap();
 }

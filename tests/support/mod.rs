@@ -345,8 +345,22 @@ impl Meter {
     pub async fn start_with(upstream: &str, server_toml: &str, extra_toml: &str) -> Meter {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("meter.db");
+        let mut meter = Meter::start_at(&db, upstream, server_toml, "", extra_toml).await;
+        meter._dir = Some(dir);
+        meter
+    }
+
+    /// Meter with its ledger at `db` (kept by the caller), `server_toml` lines in `[server]`
+    /// and `store_toml` lines in `[store]`.
+    pub async fn start_at(
+        db: &Path,
+        upstream: &str,
+        server_toml: &str,
+        store_toml: &str,
+        extra_toml: &str,
+    ) -> Meter {
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n{server_toml}\n\n[store]\npath = {db:?}\n\n[[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n{extra_toml}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n{server_toml}\n\n[store]\npath = {db:?}\n{store_toml}\n\n[[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n{extra_toml}",
         );
         let config = meter::config::Config::from_toml(&toml, "test").unwrap();
         let listeners = meter::app::Listeners::bind(&config).await.unwrap();
@@ -359,10 +373,10 @@ impl Meter {
         Meter {
             proxy,
             metrics,
-            db,
+            db: db.to_path_buf(),
             stop: Some(stop),
             task: Some(task),
-            _dir: Some(dir),
+            _dir: None,
         }
     }
 
@@ -372,15 +386,20 @@ impl Meter {
 
     /// Shuts meter down (drain, every record written).
     pub async fn stop(&mut self) {
+        self.finish().await.unwrap();
+    }
+
+    /// Shuts meter down and returns what `run` returned (Err when records were lost).
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(60), task)
                 .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
+                .expect("meter did not stop within 60 s")
+                .unwrap(),
+            None => Ok(()),
         }
     }
 
