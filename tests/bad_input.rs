@@ -14,7 +14,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use support::*;
@@ -1336,9 +1335,7 @@ async fn http2_requests_with_any_authority_are_routed_by_path() {
     // HTTP/2 always carries `:authority`; it is the Host header of HTTP/2, not a proxy target.
     let openai = FakeProvider::start(|_| FakeResponse::json(200, CHAT_JSON)).await;
     let mut meter = Meter::start(&openai.url(), "").await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let client = h2_client();
     let request = Request::get(format!("http://{}/openai/v1/models", meter.proxy))
         .header("host", "evil.example")
         .body(Full::default())

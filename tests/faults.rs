@@ -1588,9 +1588,7 @@ async fn slowloris_clients_are_closed_after_the_header_read_timeout() {
     }
     // Idle keep-alive connections are closed too, HTTP/2 ones included: a client holding one
     // sees it go, and the connection count returns to zero.
-    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let h2 = h2_client();
     let response = h2
         .request(post_json(
             &meter.url("/openai/v1/chat/completions"),

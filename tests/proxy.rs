@@ -634,9 +634,7 @@ async fn plain_upstream_connections_are_pooled_and_http2_clients_are_served() {
         "one upstream connection, reused"
     );
     // A client speaking HTTP/2 with prior knowledge (h2c) to meter.
-    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let h2 = h2_client();
     let response = h2
         .request(post_json(
             &meter.url("/openai/v1/chat/completions"),

@@ -436,6 +436,13 @@ pub fn client() -> TestClient {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
+/// A client speaking HTTP/2 with prior knowledge (h2c).
+pub fn h2_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>()
+}
+
 /// Sends a request and collects the whole response.
 pub async fn send(request: Request<Full<Bytes>>) -> (u16, HeaderMap, Bytes) {
     let response = client().request(request).await.unwrap();
