@@ -246,6 +246,59 @@ async fn stream_reaches_the_client_event_by_event_without_the_usage_meter_asked_
 }
 
 #[tokio::test]
+async fn a_burst_is_passed_on_without_waiting_for_what_comes_next() {
+    // Two events back to back, then the provider holds the rest: meter may join a burst into
+    // one write, but must hand over all it has without waiting for more from the network.
+    let upstream = FakeProvider::start(|received| {
+        let usage = wants_usage(received);
+        let text = |content: &str| {
+            if usage {
+                chunk_with_null_usage(content)
+            } else {
+                chunk(content)
+            }
+        };
+        FakeResponse::sse(vec![
+            Piece::now(text("Hel")),
+            Piece::now(text("lo")),
+            Piece::gated(text("!")),
+            Piece::now(DONE),
+        ])
+    })
+    .await;
+    let mut meter = Meter::start(&upstream.url(), "").await;
+    let request = Request::post(meter.url("/openai/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(chat_request(true))))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    let mut body = response.into_body();
+    let burst = [chunk("Hel"), chunk("lo")].concat();
+    let mut seen = Vec::new();
+    while seen.len() < burst.len() {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("both events of the burst must arrive while upstream withholds the third")
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(String::from_utf8(seen.clone()).unwrap(), burst);
+    upstream.release(1);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            seen.extend_from_slice(&data);
+        }
+    }
+    let expected = [chunk("Hel"), chunk("lo"), chunk("!"), DONE.to_string()].concat();
+    assert_eq!(String::from_utf8(seen).unwrap(), expected);
+    meter.stop().await;
+    assert_eq!(rows(&meter.db).len(), 1);
+}
+
+#[tokio::test]
 async fn a_client_that_asks_for_usage_gets_it_and_its_request_untouched() {
     let upstream =
         FakeProvider::start(|received| openai_stream(received, &["Hi", "!"], false)).await;

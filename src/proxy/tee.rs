@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
@@ -234,8 +234,21 @@ pub struct Drain {
 pub struct TeeBody {
     /// `None` once handed to a drain task.
     inner: Option<Incoming>,
-    /// The last data frame handed to the client, read by the parser on the next poll.
-    unread: Option<Bytes>,
+    /// Upstream data not yet read by the parser. It is read at the start of a poll once the
+    /// client has been handed everything before it, so parsing never sits between an
+    /// upstream byte and the client.
+    unread: Vec<Bytes>,
+    /// Data already come from upstream and not yet handed to hyper: the frames of one burst,
+    /// sent in one write (see `poll_frame`).
+    out: Outgoing,
+    /// What ended a burst, due to the client after the burst's data.
+    held: Option<Held>,
+    /// Scheduler turns `out` has waited for more of its burst (see `poll_frame`).
+    yielded: u8,
+    /// The last data frame came within [`BURST_GAP`] of the one before it.
+    burst: bool,
+    /// A data frame has come.
+    seen_data: bool,
     /// The upstream body has ended (a held tail may still be due to the client).
     upstream_done: bool,
     idle_timeout: Duration,
@@ -247,6 +260,70 @@ pub struct TeeBody {
     metering: Option<Metering>,
 }
 
+/// A burst of data for the client: one frame kept as is, more copied into one buffer.
+#[derive(Default)]
+enum Outgoing {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Outgoing {
+    fn push(&mut self, piece: Bytes) {
+        if piece.is_empty() {
+            return;
+        }
+        *self = match std::mem::take(self) {
+            Outgoing::Empty => Outgoing::One(piece),
+            Outgoing::One(first) => {
+                let mut buf = BytesMut::with_capacity((first.len() + piece.len()).max(COALESCE));
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&piece);
+                Outgoing::Many(buf)
+            }
+            Outgoing::Many(mut buf) => {
+                buf.extend_from_slice(&piece);
+                Outgoing::Many(buf)
+            }
+        };
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Empty => 0,
+            Outgoing::One(bytes) => bytes.len(),
+            Outgoing::Many(buf) => buf.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Outgoing::Empty)
+    }
+
+    fn take(&mut self) -> Bytes {
+        match std::mem::take(self) {
+            Outgoing::Empty => Bytes::new(),
+            Outgoing::One(bytes) => bytes,
+            Outgoing::Many(buf) => buf.freeze(),
+        }
+    }
+}
+
+/// What ended a burst of data: a trailers frame or an upstream error.
+enum Held {
+    Frame(Frame<Bytes>),
+    Error(hyper::Error),
+}
+
+/// A burst is handed over once it holds this much, whatever else is ready.
+const COALESCE: usize = 16 * 1024;
+/// Frames closer than this are a burst: the upstream had them ready at once.
+const BURST_GAP: Duration = Duration::from_millis(1);
+/// Scheduler turns a burst waits for its next frame: hyper's client connection task hands a
+/// body over one frame at a time and needs two turns to pass on the next one it has buffered.
+const BURST_TURNS: u8 = 2;
+
 #[derive(Debug, thiserror::Error)]
 #[error("upstream sent nothing for {0:?}")]
 pub struct IdleTimeout(Duration);
@@ -255,7 +332,12 @@ impl TeeBody {
     pub fn new(inner: Incoming, idle_timeout: Duration, metering: Metering) -> TeeBody {
         TeeBody {
             inner: Some(inner),
-            unread: None,
+            unread: Vec::new(),
+            out: Outgoing::Empty,
+            held: None,
+            yielded: 0,
+            burst: false,
+            seen_data: false,
             upstream_done: false,
             idle_timeout,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
@@ -265,8 +347,10 @@ impl TeeBody {
     }
 
     fn read_unread(&mut self) {
-        if let (Some(chunk), Some(metering)) = (self.unread.take(), self.metering.as_mut()) {
-            metering.reader.feed(&chunk);
+        if let Some(metering) = self.metering.as_mut() {
+            for chunk in self.unread.drain(..) {
+                metering.reader.feed(&chunk);
+            }
         }
     }
 
@@ -301,7 +385,20 @@ impl Body for TeeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            this.read_unread();
+            if this.out.is_empty() {
+                this.read_unread();
+            }
+            if !this.out.is_empty() && (this.upstream_done || this.held.is_some()) {
+                return Poll::Ready(Some(Ok(Frame::data(this.out.take()))));
+            }
+            match this.held.take() {
+                Some(Held::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Some(Held::Error(err)) => {
+                    this.finish(Outcome::Cut("upstream_reset"));
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                None => {}
+            }
             if this.upstream_done {
                 // Only a stripper's held tail can still be due.
                 let tail = this
@@ -321,36 +418,46 @@ impl Body for TeeBody {
             };
             match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.last_frame = tokio::time::Instant::now();
-                    let frame = match frame.into_data() {
+                    let now = tokio::time::Instant::now();
+                    this.burst = this.seen_data && now - this.last_frame < BURST_GAP;
+                    this.last_frame = now;
+                    match frame.into_data() {
                         Ok(data) => {
                             let Some(metering) = this.metering.as_mut() else {
                                 return Poll::Ready(Some(Ok(Frame::data(data))));
                             };
                             metering.context.first_byte.get_or_insert_with(Instant::now);
-                            this.unread = Some(data.clone());
-                            match metering.stripper.as_mut() {
-                                Some(stripper) => {
-                                    let out = stripper.filter(data);
-                                    if out.is_empty() {
-                                        continue;
-                                    }
-                                    Frame::data(out)
-                                }
-                                None => Frame::data(data),
+                            this.seen_data = true;
+                            this.unread.push(data.clone());
+                            let piece = match metering.stripper.as_mut() {
+                                Some(stripper) => stripper.filter(data),
+                                None => data,
+                            };
+                            this.out.push(piece);
+                            this.yielded = 0;
+                            if this.out.len() >= COALESCE {
+                                return Poll::Ready(Some(Ok(Frame::data(this.out.take()))));
                             }
                         }
-                        Err(frame) => frame,
-                    };
-                    return Poll::Ready(Some(Ok(frame)));
+                        Err(frame) if this.out.is_empty() => return Poll::Ready(Some(Ok(frame))),
+                        Err(frame) => this.held = Some(Held::Frame(frame)),
+                    }
                 }
-                Poll::Ready(Some(Err(err))) => {
-                    this.finish(Outcome::Cut("upstream_reset"));
-                    return Poll::Ready(Some(Err(err.into())));
-                }
-                Poll::Ready(None) => {
-                    this.upstream_done = true;
-                    continue;
+                Poll::Ready(Some(Err(err))) => this.held = Some(Held::Error(err)),
+                Poll::Ready(None) => this.upstream_done = true,
+                Poll::Pending if !this.out.is_empty() => {
+                    // A burst (frames back to back): the upstream connection's task may hold
+                    // more frames already read, and hands them over one per turn. Waiting a
+                    // turn or two (a deferred wake-up, no timer) lets them join this write:
+                    // one write per burst instead of one per frame. A frame after a pause is
+                    // handed over at once, and nothing ever waits for the network.
+                    if this.burst && this.yielded < BURST_TURNS {
+                        this.yielded += 1;
+                        let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                        return Poll::Pending;
+                    }
+                    this.yielded = 0;
+                    return Poll::Ready(Some(Ok(Frame::data(this.out.take()))));
                 }
                 Poll::Pending => {
                     while this.idle.as_mut().poll(cx).is_ready() {
@@ -369,13 +476,16 @@ impl Body for TeeBody {
 
     fn is_end_stream(&self) -> bool {
         // With a stripper, a held tail may still be due after the upstream ends.
-        !self.stripping() && self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.out.is_empty()
+            && self.held.is_none()
+            && !self.stripping()
+            && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             // Removing a chunk changes the length: promise nothing then.
-            Some(inner) if !self.stripping() => inner.size_hint(),
+            Some(inner) if !self.stripping() && self.out.is_empty() => inner.size_hint(),
             _ => SizeHint::default(),
         }
     }
@@ -388,6 +498,10 @@ impl Drop for TeeBody {
         }
         // A server may stop polling once `is_end_stream` is true, without asking for the end:
         // that is a complete body. Anything else dropped early is a client that went away.
+        if matches!(self.held, Some(Held::Error(_))) {
+            self.finish(Outcome::Cut("upstream_reset"));
+            return;
+        }
         let upstream_ended =
             self.upstream_done || self.inner.as_ref().is_none_or(Body::is_end_stream);
         if upstream_ended {
