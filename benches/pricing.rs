@@ -100,8 +100,9 @@ fn reprice_million_rows() {
         local: false,
     };
     let started = std::time::Instant::now();
+    let mut db = meter::ledger::db::Db::Sqlite(conn);
     let report =
-        meter::ledger::query::reprice(&mut conn, &table, &pricing, since, None, false).unwrap();
+        meter::ledger::query::reprice(&mut db, &table, &pricing, since, None, false).unwrap();
     let took = started.elapsed();
     println!(
         "reprice: {} rows ({} changed) in {:.2} s = {:.0} rows/s (ledger filled in {:.1} s); total after {}",

@@ -72,23 +72,39 @@ pub async fn run_at(
         config.timezone,
         clock,
     ));
-    let (recorder, writer) = writer::open(
-        &config.store,
-        metrics.clone(),
-        pricer.clone(),
-        budgets.clone(),
-    )?;
-    let conn = writer::open_connection(&config.store.path, config.store.busy_timeout)?;
-    // Before /metrics serves: the counters continue from the ledger across restarts.
-    let totals = crate::ledger::query::seed_totals(&conn).with_context(|| {
-        format!(
-            "reading the ledger's totals from {}",
-            config.store.path.display()
-        )
-    })?;
-    metrics.seed(&totals);
+    // Opening a PostgreSQL ledger blocks (its client runs a runtime of its own): off the
+    // async threads, like every later use of it. A SQLite ledger opens here (no extra thread).
+    let store_config = config.store.clone();
+    let (writer_metrics, writer_pricer, writer_budgets) =
+        (metrics.clone(), pricer.clone(), budgets.clone());
+    let open = move || -> Result<_, crate::ledger::writer::LedgerError> {
+        let opened = writer::open(&store_config, writer_metrics, writer_pricer, writer_budgets)?;
+        let store = writer::store(&store_config)?;
+        let conn = store.open()?;
+        Ok((opened, store, conn))
+    };
+    let ((recorder, writer), store, mut conn) = if config.store.url.is_some() {
+        tokio::task::spawn_blocking(open)
+            .await
+            .context("opening the ledger")??
+    } else {
+        open()?
+    };
+    // Before /metrics serves: the counters continue from the ledger across restarts. Not on a
+    // shared ledger: each meter's counters count its own calls (Prometheus sums the
+    // instances and takes restarts in its stride), or a fleet would count every call N times.
+    if conn.backend() == crate::ledger::db::Backend::Sqlite {
+        let totals = crate::ledger::query::seed_totals(&mut conn).with_context(|| {
+            format!(
+                "reading the ledger's totals from {}",
+                config.store.path.display()
+            )
+        })?;
+        metrics.seed(&totals);
+    }
     let alerter = Arc::new(crate::alert::Alerter::new(
         conn,
+        store.clone(),
         budgets.clone(),
         config.weekly.clone(),
         config.smtp.clone(),
@@ -133,7 +149,8 @@ pub async fn run_at(
         limits,
     ));
     let (stop_alerter, alerter_stopped) = watch::channel(false);
-    let alerter_task = (!alerter.is_idle()).then(|| tokio::spawn(alerter.run(alerter_stopped)));
+    let alerter_task =
+        (!alerter.is_idle()).then(|| tokio::spawn(alerter.clone().run(alerter_stopped)));
     let admin_task = tokio::spawn(admin::serve(
         listeners.metrics,
         admin_state.clone(),
@@ -167,6 +184,11 @@ pub async fn run_at(
     let lost = tokio::task::spawn_blocking(move || writer.join())
         .await
         .context("waiting for the ledger writer")?;
+    // A PostgreSQL connection and its pool are closed off the async threads too.
+    if config.store.url.is_some() {
+        let alerter_conn = alerter.take_connection();
+        let _ = tokio::task::spawn_blocking(move || drop((alerter_conn, store, alerter))).await;
+    }
     if lost > 0 {
         let _ = stop_admin.send(true);
         let _ = admin_task.await;

@@ -446,14 +446,14 @@ impl Budgets {
 
     /// Re-reads every budget's spend from the ledger. Must run where no commit can happen
     /// concurrently (the writer thread, or before it starts).
-    pub fn sync(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    pub fn sync(&self, db: &mut crate::ledger::db::Db) -> Result<(), crate::ledger::db::DbError> {
         let mut read: Vec<(Period, Vec<ScopeRow>)> = Vec::new();
         for index in 0..self.items.len() {
             let period = self.lock(index).period.clone();
             let rows = match read.iter().position(|(p, _)| *p == period) {
                 Some(i) => &read[i].1,
                 None => {
-                    let rows = crate::ledger::query::scope_sums(conn, &period, false)?;
+                    let rows = crate::ledger::query::scope_sums(db, &period, false)?;
                     read.push((period.clone(), rows));
                     &read[read.len() - 1].1
                 }
@@ -671,28 +671,29 @@ mod tests {
         );
         let mut conn = rusqlite::Connection::open_in_memory().unwrap();
         crate::ledger::schema::migrate(&mut conn).unwrap();
+        let mut db = crate::ledger::db::Db::Sqlite(conn);
         // Another meter's call, already in the ledger.
-        conn.execute(
+        db.as_sqlite().unwrap().execute(
             "INSERT INTO usage (ts, agent, provider, route, model, status, cost_nanos) VALUES ('2026-11-20T10:00:00.000Z', 'x', 'openai', 'direct', 'gpt-4o', 200, 5)",
             [],
         )
         .unwrap();
-        budgets.sync(&conn).unwrap();
+        budgets.sync(&mut db).unwrap();
         assert_eq!(budgets.views()[0].spend_nanos, 5);
         assert!(budgets.views()[0].synced);
         // This meter's call: counted at once, before it is written.
         let hits = budgets.observe(&record(at("2026-11-25T11:00:00Z"), "a", Some(7)));
         assert_eq!(budgets.views()[0].spend_nanos, 12);
-        budgets.sync(&conn).unwrap();
+        budgets.sync(&mut db).unwrap();
         assert_eq!(budgets.views()[0].spend_nanos, 12, "not yet in the ledger");
         // Written, then committed, then re-read: still 12.
-        conn.execute(
+        db.as_sqlite().unwrap().execute(
             "INSERT INTO usage (ts, agent, provider, route, model, status, cost_nanos) VALUES ('2026-11-25T11:00:00.000Z', 'a', 'openai', 'direct', 'gpt-4o', 200, 7)",
             [],
         )
         .unwrap();
         budgets.committed(&hits);
-        budgets.sync(&conn).unwrap();
+        budgets.sync(&mut db).unwrap();
         assert_eq!(budgets.views()[0].spend_nanos, 12);
         // A call of the previous month is not this month's spend.
         assert!(budgets

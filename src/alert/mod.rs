@@ -10,9 +10,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::ledger::db::{Db, DbError};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use chrono_tz::Tz;
-use rusqlite::Connection;
 use tokio::sync::{watch, Notify};
 
 use crate::budget::{BudgetView, Budgets};
@@ -30,7 +30,9 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// Owns the alerter's connection and state; `run` drives it until shutdown.
 pub struct Alerter {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Option<Db>>>,
+    /// Where to reconnect after a PostgreSQL connection broke (an outage, a restart).
+    store: crate::ledger::db::Store,
     budgets: Arc<Budgets>,
     weekly: Option<WeeklyConfig>,
     smtp: SmtpConfig,
@@ -48,7 +50,8 @@ pub struct Alerter {
 
 impl Alerter {
     pub fn new(
-        conn: Connection,
+        conn: Db,
+        store: crate::ledger::db::Store,
         budgets: Arc<Budgets>,
         weekly: Option<WeeklyConfig>,
         smtp: SmtpConfig,
@@ -60,7 +63,8 @@ impl Alerter {
         }
         let clock = budgets.clock();
         Alerter {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(Some(conn))),
+            store,
             tz: budgets.timezone(),
             budgets,
             weekly,
@@ -72,6 +76,14 @@ impl Alerter {
             seen: Mutex::new(HashSet::new()),
             wake: Notify::new(),
         }
+    }
+
+    /// Takes the alerter's ledger connection (at shutdown, to close it off the async threads).
+    pub fn take_connection(&self) -> Option<Db> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Whether there is anything to watch: budgets or a weekly report.
@@ -106,14 +118,28 @@ impl Alerter {
     /// Runs `work` on the alerter's connection, off the async threads.
     async fn db<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        work: impl FnOnce(&mut Db) -> Result<T, DbError> + Send + 'static,
     ) -> anyhow::Result<T> {
         let conn = self.conn.clone();
+        let store = self.store.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let conn = conn
+            let mut conn = conn
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            work(&conn)
+            if conn.is_none() {
+                *conn = Some(store.open().map_err(|err| DbError::Open(err.to_string()))?);
+            }
+            let result = match conn.as_mut() {
+                Some(db) => work(db),
+                None => Err(DbError::NoRow),
+            };
+            // A broken PostgreSQL connection is replaced at the next use.
+            if let Err(err) = &result {
+                if err.is_transient() && matches!(conn.as_ref(), Some(Db::Postgres(_))) {
+                    *conn = None;
+                }
+            }
+            result
         })
         .await?;
         Ok(result?)
@@ -346,7 +372,7 @@ impl Alerter {
     async fn mark(
         &self,
         what: &'static str,
-        work: impl Fn(&Connection) -> rusqlite::Result<bool> + Send + Sync + Clone + 'static,
+        work: impl Fn(&mut Db) -> Result<bool, DbError> + Send + Sync + Clone + 'static,
     ) {
         for attempt in 0..10u32 {
             match self.db(work.clone()).await {

@@ -1,11 +1,12 @@
 //! The alert outbox (`alert_outbox` in the ledger): one row per email meter owes. Claiming a
-//! row is an `INSERT OR IGNORE` on its unique key (kind, subject, period, detail), so however
+//! row is an `INSERT ... ON CONFLICT DO NOTHING` on its unique key (kind, subject, period, detail), so however
 //! many calls, restarts or meters sharing the ledger see a threshold crossed, one row exists
 //! and one email goes out. Sending leases the row first (`lease_until`), so two meters never
 //! send it at once; a failure is retried with back-off until it goes through.
 
+use crate::args;
+use crate::ledger::db::{Db, DbError};
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::email::Rendered;
 use crate::ledger::format_ts;
@@ -58,13 +59,13 @@ pub struct Claimed {
 
 /// Claims `key`; returns whether this call created the row as pending (an email to send).
 pub fn claim(
-    conn: &Connection,
+    db: &mut Db,
     key: &Key,
     recipients: &[String],
     rendered: &Rendered,
     status: Status,
     now: DateTime<Utc>,
-) -> rusqlite::Result<bool> {
+) -> Result<bool, DbError> {
     let recipients = serde_json::Value::from(recipients.to_vec()).to_string();
     let status = match status {
         Status::Pending => "pending",
@@ -72,85 +73,93 @@ pub fn claim(
     };
     // A threshold claimed after a higher one of the same budget and period (by another meter,
     // or before a restart) is recorded as skipped: the higher one said more.
-    let inserted = conn.execute(
-        "INSERT OR IGNORE INTO alert_outbox (kind, subject_key, period, detail, created_at,
+    // The threshold as a number (?11) for the comparisons; `detail` is text.
+    let level = key.detail.parse::<f64>().unwrap_or(0.0);
+    let inserted = db.execute(
+        "INSERT INTO alert_outbox (kind, subject_key, period, detail, created_at,
             recipients, subject, body_text, body_html, status, next_attempt)
          SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
             CASE WHEN ?1 = 'threshold' AND EXISTS (
                 SELECT 1 FROM alert_outbox WHERE kind = 'threshold' AND subject_key = ?2
-                AND period = ?3 AND CAST(detail AS REAL) > CAST(?4 AS REAL))
-            THEN 'skipped' ELSE ?10 END, ?5",
-        params![
+                AND period = ?3 AND CAST(detail AS REAL) > ?11)
+            THEN 'skipped' ELSE ?10 END, ?5
+         WHERE true
+         ON CONFLICT DO NOTHING",
+        &args![
             key.kind,
-            key.subject,
-            key.period,
-            key.detail,
+            key.subject.as_str(),
+            key.period.as_str(),
+            key.detail.as_str(),
             format_ts(&now),
             recipients,
-            rendered.subject,
-            rendered.text,
-            rendered.html,
+            rendered.subject.as_str(),
+            rendered.text.as_str(),
+            rendered.html.as_str(),
             status,
+            level,
         ],
     )?;
     if inserted == 1 && key.kind == "threshold" && status == "pending" {
         // Lower thresholds still waiting (an SMTP outage) are superseded by this one.
-        conn.execute(
+        db.execute(
             "UPDATE alert_outbox SET status = 'skipped', lease_until = NULL
              WHERE kind = 'threshold' AND subject_key = ?1 AND period = ?2 AND status = 'pending'
-               AND CAST(detail AS REAL) < CAST(?3 AS REAL)",
-            params![key.subject, key.period, key.detail],
+               AND CAST(detail AS REAL) < ?3",
+            &args![key.subject.as_str(), key.period.as_str(), level],
         )?;
     }
-    let pending: bool = conn
-        .query_row(
-            "SELECT status = 'pending' FROM alert_outbox
-             WHERE kind = ?1 AND subject_key = ?2 AND period = ?3 AND detail = ?4",
-            params![key.kind, key.subject, key.period, key.detail],
-            |row| row.get(0),
-        )
-        .optional()?
-        .unwrap_or(false);
+    let pending: bool = match db.query_opt(
+        "SELECT CASE WHEN status = 'pending' THEN 1 ELSE 0 END FROM alert_outbox
+         WHERE kind = ?1 AND subject_key = ?2 AND period = ?3 AND detail = ?4",
+        &args![
+            key.kind,
+            key.subject.as_str(),
+            key.period.as_str(),
+            key.detail.as_str()
+        ],
+    )? {
+        Some(row) => row.get(0)?,
+        None => false,
+    };
     Ok(inserted == 1 && pending)
 }
 
 /// Whether `key` was claimed already (by this meter or another).
-pub fn exists(conn: &Connection, key: &Key) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT 1 FROM alert_outbox WHERE kind = ?1 AND subject_key = ?2 AND period = ?3 AND detail = ?4",
-        params![key.kind, key.subject, key.period, key.detail],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|found| found.is_some())
+pub fn exists(db: &mut Db, key: &Key) -> Result<bool, DbError> {
+    Ok(db
+        .query_opt(
+            "SELECT 1 FROM alert_outbox WHERE kind = ?1 AND subject_key = ?2 AND period = ?3 AND detail = ?4",
+            &args![key.kind, key.subject.as_str(), key.period.as_str(), key.detail.as_str()],
+        )?
+        .is_some())
 }
 
 /// Pending rows whose next attempt is due and that no meter holds a lease on.
-pub fn due(conn: &Connection, now: DateTime<Utc>, limit: usize) -> rusqlite::Result<Vec<Due>> {
+pub fn due(db: &mut Db, now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, DbError> {
     let now = format_ts(&now);
-    let mut statement = conn.prepare_cached(
+    db.query(
         "SELECT id, kind, recipients, subject, body_text, body_html, attempts FROM alert_outbox
          WHERE status = 'pending' AND next_attempt <= ?1
            AND (lease_until IS NULL OR lease_until <= ?1)
          ORDER BY next_attempt, id LIMIT ?2",
-    )?;
-    let rows = statement
-        .query_map(params![now, limit as i64], |row| {
-            let recipients: String = row.get(2)?;
-            Ok(Due {
-                id: row.get(0)?,
-                kind: row.get(1)?,
-                recipients: serde_json::from_str(&recipients).unwrap_or_default(),
-                rendered: Rendered {
-                    subject: row.get(3)?,
-                    text: row.get(4)?,
-                    html: row.get(5)?,
-                },
-                attempts: row.get(6)?,
-            })
-        })?
-        .collect();
-    rows
+        &args![now, limit as i64],
+    )?
+    .iter()
+    .map(|row| {
+        let recipients: String = row.get(2)?;
+        Ok(Due {
+            id: row.get(0)?,
+            kind: row.get(1)?,
+            recipients: serde_json::from_str(&recipients).unwrap_or_default(),
+            rendered: Rendered {
+                subject: row.get(3)?,
+                text: row.get(4)?,
+                html: row.get(5)?,
+            },
+            attempts: row.get(6)?,
+        })
+    })
+    .collect()
 }
 
 /// A lease on a row: held until `until`, which also identifies it (a meter whose lease ran
@@ -164,54 +173,60 @@ pub struct Lease {
 /// Takes the row for sending until `until`; `None` when another meter holds it, sent it, or
 /// its next attempt is not due yet.
 pub fn lease(
-    conn: &Connection,
+    db: &mut Db,
     id: i64,
     now: DateTime<Utc>,
     until: DateTime<Utc>,
-) -> rusqlite::Result<Option<Lease>> {
+) -> Result<Option<Lease>, DbError> {
     let until = format_ts(&until);
-    let changed = conn.execute(
+    let changed = db.execute(
         "UPDATE alert_outbox SET lease_until = ?3
          WHERE id = ?1 AND status = 'pending' AND next_attempt <= ?2
            AND (lease_until IS NULL OR lease_until <= ?2)",
-        params![id, format_ts(&now), until],
+        &args![id, format_ts(&now), until.as_str()],
     )?;
     Ok((changed == 1).then_some(Lease { id, until }))
 }
 
 /// Marks a leased row sent; false if the lease was lost (it ran out and another meter took it).
-pub fn mark_sent(conn: &Connection, lease: &Lease, now: DateTime<Utc>) -> rusqlite::Result<bool> {
-    let changed = conn.execute(
+pub fn mark_sent(db: &mut Db, lease: &Lease, now: DateTime<Utc>) -> Result<bool, DbError> {
+    let changed = db.execute(
         "UPDATE alert_outbox SET status = 'sent', sent_at = ?3, attempts = attempts + 1,
             lease_until = NULL, last_error = NULL WHERE id = ?1 AND lease_until = ?2",
-        params![lease.id, lease.until, format_ts(&now)],
+        &args![lease.id, lease.until.as_str(), format_ts(&now)],
     )?;
     Ok(changed == 1)
 }
 
 /// Records a failed attempt on a leased row and when to try again.
 pub fn mark_failed(
-    conn: &Connection,
+    db: &mut Db,
     lease: &Lease,
     next_attempt: DateTime<Utc>,
     error: &str,
-) -> rusqlite::Result<bool> {
-    let changed = conn.execute(
+) -> Result<bool, DbError> {
+    let changed = db.execute(
         "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt = ?3, lease_until = NULL,
             last_error = ?4 WHERE id = ?1 AND lease_until = ?2",
-        params![lease.id, lease.until, format_ts(&next_attempt), error],
+        &args![
+            lease.id,
+            lease.until.as_str(),
+            format_ts(&next_attempt),
+            error
+        ],
     )?;
     Ok(changed == 1)
 }
 
 /// The rows claimed for a subject (a budget) in a period.
-pub fn claimed(conn: &Connection, subject: &str, period: &str) -> rusqlite::Result<Vec<Claimed>> {
-    let mut statement = conn.prepare_cached(
+pub fn claimed(db: &mut Db, subject: &str, period: &str) -> Result<Vec<Claimed>, DbError> {
+    db.query(
         "SELECT kind, subject_key, period, detail, status, created_at, sent_at, attempts, last_error
          FROM alert_outbox WHERE subject_key = ?1 AND period = ?2 ORDER BY id",
-    )?;
-    let rows = statement
-        .query_map(params![subject, period], |row| {
+        &args![subject, period],
+    )?
+    .iter()
+    .map(|row| {
             Ok(Claimed {
                 kind: row.get(0)?,
                 subject: row.get(1)?,
@@ -223,20 +238,18 @@ pub fn claimed(conn: &Connection, subject: &str, period: &str) -> rusqlite::Resu
                 attempts: row.get(7)?,
                 last_error: row.get(8)?,
             })
-        })?
-        .collect();
-    rows
+        })
+        .collect()
 }
 
 /// Whether the ledger holds calls before `ts` (meter was in use then).
-pub fn used_before(conn: &Connection, ts: DateTime<Utc>) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT 1 FROM usage WHERE ts < ?1 LIMIT 1",
-        params![format_ts(&ts)],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|found| found.is_some())
+pub fn used_before(db: &mut Db, ts: DateTime<Utc>) -> Result<bool, DbError> {
+    Ok(db
+        .query_opt(
+            "SELECT 1 FROM usage WHERE ts < ?1 LIMIT 1",
+            &args![format_ts(&ts)],
+        )?
+        .is_some())
 }
 
 #[cfg(test)]
@@ -244,10 +257,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn conn() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
+    fn conn() -> Db {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
         crate::ledger::schema::migrate(&mut conn).unwrap();
-        conn
+        Db::Sqlite(conn)
     }
 
     fn rendered() -> Rendered {
@@ -260,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_lower_threshold_after_a_higher_one_is_skipped_and_a_higher_one_supersedes() {
-        let conn = conn();
+        let mut conn = conn();
         let key = |detail: &str| Key {
             kind: "threshold",
             subject: "team".into(),
@@ -269,11 +282,27 @@ mod tests {
         };
         let now = Utc::now();
         let to = vec!["ops@example.com".to_string()];
-        assert!(claim(&conn, &key("0.5"), &to, &rendered(), Status::Pending, now).unwrap());
-        assert!(claim(&conn, &key("1"), &to, &rendered(), Status::Pending, now).unwrap());
+        assert!(claim(
+            &mut conn,
+            &key("0.5"),
+            &to,
+            &rendered(),
+            Status::Pending,
+            now
+        )
+        .unwrap());
+        assert!(claim(&mut conn, &key("1"), &to, &rendered(), Status::Pending, now).unwrap());
         // 0.5 was still pending: superseded by 1.
-        assert!(!claim(&conn, &key("0.8"), &to, &rendered(), Status::Pending, now).unwrap());
-        let rows = claimed(&conn, "team", "2026-11").unwrap();
+        assert!(!claim(
+            &mut conn,
+            &key("0.8"),
+            &to,
+            &rendered(),
+            Status::Pending,
+            now
+        )
+        .unwrap());
+        let rows = claimed(&mut conn, "team", "2026-11").unwrap();
         let states: Vec<(&str, &str)> = rows
             .iter()
             .map(|r| (r.detail.as_str(), r.status.as_str()))
@@ -286,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_key_is_claimed_once_and_leased_by_one() {
-        let conn = conn();
+        let mut conn = conn();
         let key = Key {
             kind: "threshold",
             subject: "team".into(),
@@ -295,39 +324,39 @@ mod tests {
         };
         let now = Utc::now();
         let to = vec!["ops@example.com".to_string()];
-        assert!(claim(&conn, &key, &to, &rendered(), Status::Pending, now).unwrap());
-        assert!(!claim(&conn, &key, &to, &rendered(), Status::Pending, now).unwrap());
-        assert!(exists(&conn, &key).unwrap());
-        let due_now = due(&conn, now, 10).unwrap();
+        assert!(claim(&mut conn, &key, &to, &rendered(), Status::Pending, now).unwrap());
+        assert!(!claim(&mut conn, &key, &to, &rendered(), Status::Pending, now).unwrap());
+        assert!(exists(&mut conn, &key).unwrap());
+        let due_now = due(&mut conn, now, 10).unwrap();
         assert_eq!(due_now.len(), 1);
         assert_eq!(due_now[0].recipients, to);
         let id = due_now[0].id;
         let until = now + chrono::Duration::seconds(60);
-        let held = lease(&conn, id, now, until).unwrap().unwrap();
+        let held = lease(&mut conn, id, now, until).unwrap().unwrap();
         assert!(
-            lease(&conn, id, now, until).unwrap().is_none(),
+            lease(&mut conn, id, now, until).unwrap().is_none(),
             "a lease is exclusive"
         );
-        assert!(due(&conn, now, 10).unwrap().is_empty());
+        assert!(due(&mut conn, now, 10).unwrap().is_empty());
         // A failure frees it for a later attempt, not before.
         let later = now + chrono::Duration::seconds(10);
-        assert!(mark_failed(&conn, &held, later, "connection refused").unwrap());
-        assert!(due(&conn, now, 10).unwrap().is_empty());
+        assert!(mark_failed(&mut conn, &held, later, "connection refused").unwrap());
+        assert!(due(&mut conn, now, 10).unwrap().is_empty());
         assert!(
-            lease(&conn, id, now, until).unwrap().is_none(),
+            lease(&mut conn, id, now, until).unwrap().is_none(),
             "backed off"
         );
-        assert_eq!(due(&conn, later, 10).unwrap()[0].attempts, 1);
-        let first = lease(&conn, id, later, until).unwrap().unwrap();
+        assert_eq!(due(&mut conn, later, 10).unwrap()[0].attempts, 1);
+        let first = lease(&mut conn, id, later, until).unwrap().unwrap();
         // The lease runs out and another meter takes the row: the first cannot mark it.
         let after = until + chrono::Duration::seconds(1);
-        let second = lease(&conn, id, after, after + chrono::Duration::seconds(60))
+        let second = lease(&mut conn, id, after, after + chrono::Duration::seconds(60))
             .unwrap()
             .unwrap();
-        assert!(!mark_sent(&conn, &first, later).unwrap());
-        assert!(mark_sent(&conn, &second, after).unwrap());
-        assert!(due(&conn, after, 10).unwrap().is_empty());
-        let rows = claimed(&conn, "team", "2026-11").unwrap();
+        assert!(!mark_sent(&mut conn, &first, later).unwrap());
+        assert!(mark_sent(&mut conn, &second, after).unwrap());
+        assert!(due(&mut conn, after, 10).unwrap().is_empty());
+        let rows = claimed(&mut conn, "team", "2026-11").unwrap();
         assert_eq!(rows[0].status, "sent");
         assert_eq!(rows[0].attempts, 2);
     }

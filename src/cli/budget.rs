@@ -70,9 +70,9 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<(), Failure> {
             _ => print("no budgets configured (add [[budget]] entries to meter.toml)\n"),
         };
     }
-    let conn = super::open_ledger(&config)?;
-    let statuses = read_statuses(&config, &conn, now)
-        .with_context(|| format!("reading {}", config.store.path.display()))
+    let mut conn = super::open_ledger(&config)?;
+    let statuses = read_statuses(&config, &mut conn, now)
+        .with_context(|| format!("reading {}", super::ledger_name(&config)))
         .map_err(Failure::Runtime)?;
     let text = match args.format {
         Format::Json => {
@@ -115,7 +115,7 @@ const HEADER: [&str; 9] = [
 
 fn read_statuses(
     config: &Config,
-    conn: &rusqlite::Connection,
+    conn: &mut crate::ledger::db::Db,
     now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<Vec<Status>> {
     let tz = config.timezone;

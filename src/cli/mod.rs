@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod init;
+pub mod ledger;
 pub mod prices;
 pub mod report;
 pub mod review;
@@ -60,6 +61,11 @@ pub enum Command {
         #[command(subcommand)]
         command: budget::AlertCommand,
     },
+    /// The ledger itself: copy a SQLite ledger into a shared PostgreSQL one
+    Ledger {
+        #[command(subcommand)]
+        command: ledger::LedgerCommand,
+    },
 }
 
 /// A failure, classified for the exit status: 2 for usage or configuration, 1 for runtime.
@@ -98,11 +104,17 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Review(args) => review::run(&cli, args),
         Command::Budget { command } => budget::run_budget(&cli, command),
         Command::Alert { command } => budget::run_alert(&cli, command),
+        Command::Ledger { command } => ledger::run(&cli, command),
     }
 }
 
 /// Opens the ledger a reading command works on: it must exist (only `meter serve` creates one).
-pub fn open_ledger(config: &Config) -> Result<rusqlite::Connection, Failure> {
+pub fn open_ledger(config: &Config) -> Result<crate::ledger::db::Db, Failure> {
+    if config.store.url.is_some() {
+        return crate::ledger::writer::store(&config.store)
+            .and_then(|store| store.open())
+            .map_err(|e| Failure::Runtime(e.into()));
+    }
     if !config.store.path.exists() {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "no ledger at {} (store.path): meter serve creates it with the first call",
@@ -110,7 +122,16 @@ pub fn open_ledger(config: &Config) -> Result<rusqlite::Connection, Failure> {
         )));
     }
     crate::ledger::writer::open_connection(&config.store.path, config.store.busy_timeout)
+        .map(crate::ledger::db::Db::Sqlite)
         .map_err(|e| Failure::Runtime(e.into()))
+}
+
+/// Where the ledger is, for messages: the PostgreSQL URL (password hidden) or the file.
+pub fn ledger_name(config: &Config) -> String {
+    match &config.store.url {
+        Some(url) => crate::ledger::db::redact_url(url),
+        None => config.store.path.display().to_string(),
+    }
 }
 
 /// Writes command output to stdout; a closed pipe (`meter prices list | head`) is not an error.

@@ -9,7 +9,7 @@ use chrono::{NaiveDate, TimeZone, Utc};
 
 use super::{print, Cli, Failure};
 use crate::config::Config;
-use crate::ledger::{query, writer};
+use crate::ledger::query;
 use crate::money::{format_rate, format_usd, group_thousands};
 use crate::pricing::{litellm, Layer, PriceFile, RateEntry};
 
@@ -143,10 +143,9 @@ fn list(config: &Config, provider: Option<&str>, all: bool) -> Result<(), Failur
 }
 
 fn check(config: &Config) -> Result<(), Failure> {
-    let conn = writer::open_connection(&config.store.path, config.store.busy_timeout)
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    let unpriced = query::unpriced_models(&conn)
-        .with_context(|| format!("reading {}", config.store.path.display()))
+    let mut conn = super::open_ledger(config)?;
+    let unpriced = query::unpriced_models(&mut conn)
+        .with_context(|| format!("reading {}", super::ledger_name(config)))
         .map_err(Failure::Runtime)?;
     if unpriced.is_empty() {
         return print("every call in the ledger with known usage is priced\n");
@@ -271,8 +270,7 @@ fn import(config: &Config, file: &PathBuf, effective: Option<NaiveDate>) -> Resu
 pub fn reprice(cli: &Cli, args: &RepriceArgs) -> Result<(), Failure> {
     let config = cli.load_config()?;
     let table = config.rate_table()?;
-    let mut conn = writer::open_connection(&config.store.path, config.store.busy_timeout)
-        .map_err(|e| Failure::Runtime(e.into()))?;
+    let mut conn = super::open_ledger(&config)?;
     let day =
         |date: NaiveDate| Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default());
     let started = std::time::Instant::now();
@@ -284,7 +282,7 @@ pub fn reprice(cli: &Cli, args: &RepriceArgs) -> Result<(), Failure> {
         args.until.and_then(|u| u.succ_opt()).map(day),
         args.dry_run,
     )
-    .with_context(|| format!("repricing {}", config.store.path.display()))
+    .with_context(|| format!("repricing {}", super::ledger_name(&config)))
     .map_err(Failure::Runtime)?;
     let verb = if args.dry_run {
         "would change"

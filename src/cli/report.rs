@@ -90,9 +90,9 @@ pub fn run(cli: &Cli, args: &ReportArgs) -> Result<(), Failure> {
         tz,
         now,
     )?;
-    let conn = super::open_ledger(&config)?;
-    let report = query::build_report(&conn, &period, &by, tz, now)
-        .with_context(|| format!("reading {}", config.store.path.display()))
+    let mut conn = super::open_ledger(&config)?;
+    let report = query::build_report(&mut conn, &period, &by, tz, now)
+        .with_context(|| format!("reading {}", super::ledger_name(&config)))
         .map_err(Failure::Runtime)?;
     let text = match args.format {
         Format::Json => {

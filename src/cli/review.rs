@@ -34,15 +34,15 @@ pub fn run(cli: &Cli, args: &ReviewArgs) -> Result<(), Failure> {
     let quarter = Some(args.quarter.as_deref().unwrap_or(""));
     let period = period_of(None, None, quarter, None, config.timezone, now)?;
     let table = config.rate_table()?;
-    let conn = super::open_ledger(&config)?;
+    let mut conn = super::open_ledger(&config)?;
     let thresholds = &config.review;
     let groups = query::review_groups(
-        &conn,
+        &mut conn,
         &period,
         thresholds.local_max_output_tokens,
         (thresholds.local_min_call_usd * 1e9).round() as i64,
     )
-    .with_context(|| format!("reading {}", config.store.path.display()))
+    .with_context(|| format!("reading {}", super::ledger_name(&config)))
     .map_err(Failure::Runtime)?;
     let today = now.with_timezone(&config.timezone).date_naive();
     let result = review(&config, &table, period, &groups, today, what_if.as_ref());

@@ -233,6 +233,19 @@ pub struct StoreConfig {
     /// How often budget spend is re-read from the ledger (rows written by other meters on the
     /// same ledger, or by hand).
     pub refresh: Duration,
+    /// A shared PostgreSQL ledger (`postgres://...`): when set, the ledger is there and
+    /// `path` is not used for it.
+    pub url: Option<String>,
+    /// PostgreSQL connections each meter keeps at most (writer, alerter, commands).
+    pub pool_size: u32,
+    /// Records held in memory while PostgreSQL is unreachable; past it they spill to the
+    /// journal.
+    pub queue_limit: usize,
+    /// The local SQLite journal records spill to during a PostgreSQL outage, replayed in order
+    /// when it returns.
+    pub journal: PathBuf,
+    /// How long connecting to PostgreSQL may take before it counts as down.
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -495,6 +508,11 @@ struct RawStore {
     commit_interval_ms: u64,
     busy_timeout_ms: u64,
     refresh_secs: u64,
+    url: String,
+    pool_size: u32,
+    queue_limit: usize,
+    journal: String,
+    connect_timeout_secs: u64,
 }
 
 impl Default for RawStore {
@@ -505,9 +523,22 @@ impl Default for RawStore {
             commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
             busy_timeout_ms: DEFAULT_BUSY_TIMEOUT_MS,
             refresh_secs: DEFAULT_REFRESH_SECS,
+            url: String::new(),
+            pool_size: DEFAULT_POOL_SIZE,
+            queue_limit: DEFAULT_QUEUE_LIMIT,
+            journal: DEFAULT_JOURNAL.to_string(),
+            connect_timeout_secs: DEFAULT_PG_CONNECT_TIMEOUT_SECS,
         }
     }
 }
+
+/// `store.pool_size`: the writer, the alerter and a spare.
+const DEFAULT_POOL_SIZE: u32 = 4;
+/// `store.queue_limit`: about 10 s of a busy meter's records in memory.
+const DEFAULT_QUEUE_LIMIT: usize = 50_000;
+/// `store.journal`: beside the config (or the working directory).
+const DEFAULT_JOURNAL: &str = "meter-journal.db";
+const DEFAULT_PG_CONNECT_TIMEOUT_SECS: u64 = 5;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -805,6 +836,37 @@ impl RawConfig {
             },
             busy_timeout: Duration::from_millis(self.store.busy_timeout_ms),
             refresh: positive_secs("store.refresh_secs", self.store.refresh_secs)?,
+            url: match self.store.url.trim() {
+                "" => None,
+                url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    if let Err(err) = url.parse::<postgres::Config>() {
+                        return Err(format!("store.url: not a PostgreSQL URL: {err}"));
+                    }
+                    Some(url.to_string())
+                }
+                _ => {
+                    return Err(
+                        "store.url: must start with postgres:// (a SQLite ledger is store.path)"
+                            .to_string(),
+                    )
+                }
+            },
+            pool_size: match self.store.pool_size {
+                0 => return Err("store.pool_size: must be at least 1".to_string()),
+                n => n,
+            },
+            queue_limit: match self.store.queue_limit {
+                0 => return Err("store.queue_limit: must be at least 1".to_string()),
+                n => n,
+            },
+            journal: match self.store.journal.trim() {
+                "" => return Err("store.journal: must not be empty".to_string()),
+                journal => PathBuf::from(journal),
+            },
+            connect_timeout: positive_secs(
+                "store.connect_timeout_secs",
+                self.store.connect_timeout_secs,
+            )?,
         };
         if !self.upstream.ca_file.is_empty() && !Path::new(&self.upstream.ca_file).is_file() {
             return Err(format!(
@@ -1103,6 +1165,12 @@ commit_interval_ms = {DEFAULT_COMMIT_INTERVAL_MS}                  # group commi
 busy_timeout_ms = {DEFAULT_BUSY_TIMEOUT_MS}                   # wait this long for a lock before retrying
 refresh_secs = {DEFAULT_REFRESH_SECS}                        # re-read budget spend from the ledger this often
                                          # (calls of other meters on the same ledger)
+url = ""                                 # fleets: "postgres://meter@db/meter" puts the ledger on
+                                         # PostgreSQL, shared by many meters (?sslmode=require: TLS)
+pool_size = {DEFAULT_POOL_SIZE}                            # PostgreSQL connections per meter, at most
+queue_limit = {DEFAULT_QUEUE_LIMIT}                      # records held in memory while PostgreSQL is down;
+journal = "{DEFAULT_JOURNAL}"               #   past it they spill to this SQLite journal, replayed
+connect_timeout_secs = {DEFAULT_PG_CONNECT_TIMEOUT_SECS}                 #   in order when PostgreSQL returns
 
 [metrics]                                # /metrics label cardinality: past these many distinct
 max_agents = {DEFAULT_METRICS_MAX_AGENTS}                         # values, new agents or models are counted as "other"

@@ -2,6 +2,8 @@
 //! [`Recorder`] is the request path's handle (never blocks); [`writer`] owns the connection and
 //! writes batches; [`schema`] holds the versioned migrations.
 
+pub mod db;
+pub mod postgres;
 pub mod query;
 pub mod schema;
 pub mod writer;

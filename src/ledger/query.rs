@@ -1,8 +1,12 @@
-//! Read and maintenance queries on the ledger for the CLI (`prices check`, `reprice`). They
-//! open their own connection; the serving process's writer is unaffected beyond SQLite's locks.
+//! Read and maintenance queries on the ledger for the CLI (`prices check`, `reprice`), reports,
+//! budgets and the metrics' start. Written once over [`Db`], in SQL both backends understand
+//! (conditions are summed as `CASE WHEN ... THEN 1 ELSE 0 END`, which PostgreSQL needs). They
+//! open their own connection; the serving process's writer is unaffected beyond the locks.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
+
+use super::db::{Db, DbError, Row};
+use crate::args;
 
 use super::format_ts;
 use crate::pricing::{price_call, ProviderPricing, RateTable};
@@ -20,8 +24,8 @@ pub struct UnpricedModel {
 }
 
 /// Every (provider, model) with calls recorded unpriced (usage known, cost not), most calls first.
-pub fn unpriced_models(conn: &Connection) -> rusqlite::Result<Vec<UnpricedModel>> {
-    let mut statement = conn.prepare(
+pub fn unpriced_models(db: &mut Db) -> Result<Vec<UnpricedModel>, DbError> {
+    let rows = db.query(
         "SELECT provider, model, count(*),
                 sum(input_tokens + cache_read_tokens + cache_write_tokens + output_tokens),
                 min(ts), max(ts)
@@ -29,18 +33,20 @@ pub fn unpriced_models(conn: &Connection) -> rusqlite::Result<Vec<UnpricedModel>
          WHERE cost_nanos IS NULL AND usage_status != 'missing'
          GROUP BY provider, model
          ORDER BY count(*) DESC, provider, model",
+        &[],
     )?;
-    let rows = statement.query_map([], |row| {
-        Ok(UnpricedModel {
-            provider: row.get(0)?,
-            model: row.get(1)?,
-            calls: row.get::<_, i64>(2)?.max(0) as u64,
-            tokens: row.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as u64,
-            first_ts: row.get(4)?,
-            last_ts: row.get(5)?,
+    rows.iter()
+        .map(|row| {
+            Ok(UnpricedModel {
+                provider: row.get(0)?,
+                model: row.get(1)?,
+                calls: row.get::<i64>(2)?.max(0) as u64,
+                tokens: row.get::<Option<i64>>(3)?.unwrap_or(0).max(0) as u64,
+                first_ts: row.get(4)?,
+                last_ts: row.get(5)?,
+            })
         })
-    })?;
-    rows.collect()
+        .collect()
 }
 
 /// What `reprice` did.
@@ -62,13 +68,13 @@ const REPRICE_BATCH: i64 = 20_000;
 /// with today's rate table: the same pricing function the writer uses. With `dry_run`, only
 /// reports what would change.
 pub fn reprice(
-    conn: &mut Connection,
+    db: &mut Db,
     table: &RateTable,
     provider_pricing: &dyn Fn(&str) -> ProviderPricing,
     since: DateTime<Utc>,
     until: Option<DateTime<Utc>>,
     dry_run: bool,
-) -> rusqlite::Result<RepriceReport> {
+) -> Result<RepriceReport, DbError> {
     let since = format_ts(&since);
     let until = until
         .map(|u| format_ts(&u))
@@ -76,20 +82,20 @@ pub fn reprice(
     let mut report = RepriceReport::default();
     let mut after_id = 0i64;
     loop {
-        let tx = conn.transaction()?;
+        let last = db.transaction(|tx| {
         let mut changes = Vec::new();
         let mut last = None;
         {
-            let mut select = tx.prepare_cached(
+            let rows = tx.query(
                 "SELECT id, ts, provider, model, usage_status, input_tokens, cache_read_tokens,
                         cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens,
                         images, image_size, image_quality, audio_input_tokens, audio_output_tokens,
                         audio_seconds, web_search_calls, reported_cost_nanos, cost_nanos,
                         cost_source, price_id, table_cost_nanos
                  FROM usage WHERE id > ?1 AND ts >= ?2 AND ts < ?3 ORDER BY id LIMIT ?4",
+                &args![after_id, since.as_str(), until.as_str(), REPRICE_BATCH],
             )?;
-            let mut rows = select.query(params![after_id, since, until, REPRICE_BATCH])?;
-            while let Some(row) = rows.next()? {
+            for row in &rows {
                 let id: i64 = row.get(0)?;
                 last = Some(id);
                 let ts: String = row.get(1)?;
@@ -103,8 +109,8 @@ pub fn reprice(
                 let provider: String = row.get(2)?;
                 let model: Option<String> = row.get(3)?;
                 let status: String = row.get(4)?;
-                let n = |i: usize| -> rusqlite::Result<u64> {
-                    Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+                let n = |i: usize| -> Result<u64, DbError> {
+                    Ok(row.get::<Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
                 };
                 let usage = Usage {
                     input_tokens: n(5)?,
@@ -121,7 +127,7 @@ pub fn reprice(
                     audio_input_tokens: n(14)?,
                     audio_output_tokens: n(15)?,
                     audio_millis: row
-                        .get::<_, Option<f64>>(16)?
+                        .get::<Option<f64>>(16)?
                         .map_or(0, |s| (s * 1000.0).round().max(0.0) as u64),
                     web_search_calls: n(17)?,
                 };
@@ -130,7 +136,7 @@ pub fn reprice(
                 // A cost meter did not compute from the table (reported by the provider, or
                 // written by hand into the ledger) is kept as the call's reported cost.
                 let reported: Option<i64> =
-                    row.get::<_, Option<i64>>(18)?
+                    row.get::<Option<i64>>(18)?
                         .or(match before.1.as_deref() {
                             None | Some("provider_reported") => before.0,
                             Some(_) => None,
@@ -164,17 +170,18 @@ pub fn reprice(
             }
         }
         if !dry_run {
-            let mut update = tx.prepare_cached(
-                "UPDATE usage SET cost_nanos = ?2, cost_usd = ?3, cost_source = ?4, price_id = ?5,
-                        table_cost_nanos = ?6
-                 WHERE id = ?1",
-            )?;
-            for (id, (cost, source, price_id, table_cost)) in &changes {
+            for (id, (cost, source, price_id, table_cost)) in changes {
                 let usd = cost.map(|n| n as f64 / 1e9);
-                update.execute(params![id, cost, usd, source, price_id, table_cost])?;
+                tx.execute(
+                    "UPDATE usage SET cost_nanos = ?2, cost_usd = ?3, cost_source = ?4, price_id = ?5,
+                        table_cost_nanos = ?6
+                     WHERE id = ?1",
+                    &args![id, cost, usd, source, price_id, table_cost],
+                )?;
             }
         }
-        tx.commit()?;
+        Ok(last)
+        })?;
         match last {
             Some(id) => after_id = id,
             None => break,
@@ -184,10 +191,11 @@ pub fn reprice(
 }
 
 /// The ledger's first call, if any (`reprice` without `--since` starts there).
-pub fn first_ts(conn: &Connection) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT min(ts) FROM usage", [], |row| row.get(0))
-        .optional()
-        .map(Option::flatten)
+pub fn first_ts(db: &mut Db) -> Result<Option<String>, DbError> {
+    match db.query_opt("SELECT min(ts) FROM usage", &[])? {
+        Some(row) => row.get(0),
+        None => Ok(None),
+    }
 }
 
 /// Where report figures are read from: the hourly rollup when the period is made of whole UTC
@@ -200,19 +208,21 @@ enum Source {
 impl Source {
     /// Like `of`, but reads the rows when the rollup disagrees with them on the number of
     /// calls (an `INSERT OR REPLACE` by hand skips the delete trigger).
-    fn checked(conn: &Connection, period: &crate::report::Period) -> rusqlite::Result<Source> {
+    fn checked(db: &mut Db, period: &crate::report::Period) -> Result<Source, DbError> {
         let source = Source::of(period);
         if let Source::Rollup { from, to } = &source {
-            let rolled: i64 = conn.query_row(
-                "SELECT coalesce(sum(requests), 0) FROM usage_hourly WHERE hour >= ?1 AND hour < ?2",
-                params![from, to],
-                |row| row.get(0),
-            )?;
-            let counted: i64 = conn.query_row(
-                "SELECT count(*) FROM usage WHERE ts >= ?1 AND ts < ?2",
-                params![format_ts(&period.start), format_ts(&period.end)],
-                |row| row.get(0),
-            )?;
+            let rolled: i64 = db
+                .query_one(
+                    "SELECT coalesce(sum(requests), 0) FROM usage_hourly WHERE hour >= ?1 AND hour < ?2",
+                    &args![from.as_str(), to.as_str()],
+                )?
+                .get(0)?;
+            let counted: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM usage WHERE ts >= ?1 AND ts < ?2",
+                    &args![format_ts(&period.start), format_ts(&period.end)],
+                )?
+                .get(0)?;
             if rolled != counted {
                 tracing::warn!(
                     rollup = rolled,
@@ -266,10 +276,12 @@ impl Source {
                 sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(output_tokens),
                 sum(reasoning_tokens), sum(cost_nanos), sum(unpriced_requests),
                 sum(estimated_requests), sum(missing_requests)",
-            Source::Rows { .. } => "count(*), sum(status >= 400), sum(input_tokens), sum(cache_read_tokens),
+            Source::Rows { .. } => "count(*), sum(CASE WHEN status >= 400 THEN 1 ELSE 0 END),
+                sum(input_tokens), sum(cache_read_tokens),
                 sum(cache_write_tokens), sum(cache_write_1h_tokens), sum(output_tokens), sum(reasoning_tokens),
-                sum(cost_nanos), sum(cost_nanos IS NULL AND usage_status != 'missing'),
-                sum(usage_status = 'estimated'), sum(usage_status = 'missing')",
+                sum(cost_nanos), sum(CASE WHEN cost_nanos IS NULL AND usage_status != 'missing' THEN 1 ELSE 0 END),
+                sum(CASE WHEN usage_status = 'estimated' THEN 1 ELSE 0 END),
+                sum(CASE WHEN usage_status = 'missing' THEN 1 ELSE 0 END)",
         }
     }
 
@@ -289,12 +301,9 @@ impl Source {
 /// are sampled uniformly by row id (evaluated on the `ts` index, so skipped rows are never read).
 const LATENCY_SAMPLE: u64 = 50_000;
 
-fn figures_from_row(
-    row: &rusqlite::Row<'_>,
-    first: usize,
-) -> rusqlite::Result<crate::report::Figures> {
-    let n = |i: usize| -> rusqlite::Result<u64> {
-        Ok(row.get::<_, Option<i64>>(first + i)?.unwrap_or(0).max(0) as u64)
+fn figures_from_row(row: &Row, first: usize) -> Result<crate::report::Figures, DbError> {
+    let n = |i: usize| -> Result<u64, DbError> {
+        Ok(row.get::<Option<i64>>(first + i)?.unwrap_or(0).max(0) as u64)
     };
     Ok(crate::report::Figures {
         requests: n(0)?,
@@ -305,27 +314,27 @@ fn figures_from_row(
         cache_write_1h_tokens: n(5)?,
         output_tokens: n(6)?,
         reasoning_tokens: n(7)?,
-        cost_nanos: row.get::<_, Option<i64>>(first + 8)?.unwrap_or(0),
+        cost_nanos: row.get::<Option<i64>>(first + 8)?.unwrap_or(0),
         unpriced_requests: n(9)?,
         estimated_requests: n(10)?,
         missing_requests: n(11)?,
     })
 }
 
-fn row_keys(row: &rusqlite::Row<'_>, count: usize) -> rusqlite::Result<Vec<String>> {
+fn row_keys(row: &Row, count: usize) -> Result<Vec<String>, DbError> {
     (0..count)
-        .map(|i| Ok(row.get::<_, Option<String>>(i)?.unwrap_or_default()))
+        .map(|i| Ok(row.get::<Option<String>>(i)?.unwrap_or_default()))
         .collect()
 }
 
 /// The groups of a report period: sums per group, and latency and time-to-first-byte
 /// distributions.
 pub fn report_groups(
-    conn: &Connection,
+    db: &mut Db,
     period: &crate::report::Period,
     by: &[crate::report::GroupBy],
-) -> rusqlite::Result<Vec<crate::report::Group>> {
-    let source = Source::checked(conn, period)?;
+) -> Result<Vec<crate::report::Group>, DbError> {
+    let source = Source::checked(db, period)?;
     let (from, to) = source.bounds();
     let keys: Vec<&str> = by.iter().map(|b| source.key(*b)).collect();
     let select_keys = keys.iter().map(|k| format!("{k}, ")).collect::<String>();
@@ -339,17 +348,18 @@ pub fn report_groups(
         source.figures(),
         source.scope()
     );
-    let mut statement = conn.prepare(&sql)?;
-    let mut groups: Vec<crate::report::Group> = statement
-        .query_map(params![from, to], |row| {
+    let mut groups: Vec<crate::report::Group> = db
+        .query(&sql, &args![from, to])?
+        .iter()
+        .map(|row| {
             Ok(crate::report::Group {
                 keys: row_keys(row, keys.len())?,
                 figures: figures_from_row(row, keys.len())?,
                 latency: Vec::new(),
                 ttfb: Vec::new(),
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        })
+        .collect::<Result<_, DbError>>()?;
     groups.retain(|g| g.figures.requests > 0);
     let index: std::collections::HashMap<Vec<String>, usize> = groups
         .iter()
@@ -380,13 +390,11 @@ pub fn report_groups(
              WHERE ts >= ?1 AND ts < ?2 AND {column} IS NOT NULL AND id % ?3 = 0
              GROUP BY {raw_select}bucket"
         );
-        let mut statement = conn.prepare(&sql)?;
-        let mut rows = statement.query(params![
-            format_ts(&period.start),
-            format_ts(&period.end),
-            every
-        ])?;
-        while let Some(row) = rows.next()? {
+        let rows = db.query(
+            &sql,
+            &args![format_ts(&period.start), format_ts(&period.end), every],
+        )?;
+        for row in &rows {
             let key = row_keys(row, keys.len())?;
             let value: i64 = row.get(keys.len())?;
             let count: i64 = row.get(keys.len() + 1)?;
@@ -405,35 +413,39 @@ pub fn report_groups(
 
 /// The totals of a period (for the previous-period comparison).
 pub fn period_figures(
-    conn: &Connection,
+    db: &mut Db,
     period: &crate::report::Period,
-) -> rusqlite::Result<crate::report::Figures> {
-    let source = Source::checked(conn, period)?;
+) -> Result<crate::report::Figures, DbError> {
+    let source = Source::checked(db, period)?;
     let (from, to) = source.bounds();
     let sql = format!("SELECT {} {}", source.figures(), source.scope());
-    conn.query_row(&sql, params![from, to], |row| figures_from_row(row, 0))
+    figures_from_row(&db.query_one(&sql, &args![from, to])?, 0)
 }
 
 /// The models behind unpriced, estimated and unreadable usage in a period, most calls first.
 pub fn flagged_models(
-    conn: &Connection,
+    db: &mut Db,
     period: &crate::report::Period,
-) -> rusqlite::Result<crate::report::Flagged> {
-    let source = Source::checked(conn, period)?;
+) -> Result<crate::report::Flagged, DbError> {
+    let source = Source::checked(db, period)?;
     let (from, to) = source.bounds();
     let counts = match source {
-        Source::Rollup { .. } => "sum(unpriced_requests), sum(estimated_requests), sum(missing_requests)",
-        Source::Rows { .. } => "sum(cost_nanos IS NULL AND usage_status != 'missing'), sum(usage_status = 'estimated'), sum(usage_status = 'missing')",
+        Source::Rollup { .. } => {
+            "sum(unpriced_requests), sum(estimated_requests), sum(missing_requests)"
+        }
+        Source::Rows { .. } => {
+            "sum(CASE WHEN cost_nanos IS NULL AND usage_status != 'missing' THEN 1 ELSE 0 END),
+            sum(CASE WHEN usage_status = 'estimated' THEN 1 ELSE 0 END),
+            sum(CASE WHEN usage_status = 'missing' THEN 1 ELSE 0 END)"
+        }
     };
     let sql = format!(
         "SELECT provider || '/' || {}, {counts} {} GROUP BY 1",
         source.key(crate::report::GroupBy::Model),
         source.scope()
     );
-    let mut statement = conn.prepare(&sql)?;
     let mut flagged = crate::report::Flagged::default();
-    let mut rows = statement.query(params![from, to])?;
-    while let Some(row) = rows.next()? {
+    for row in db.query(&sql, &args![from, to])? {
         let name: String = row.get(0)?;
         for (i, list) in [
             &mut flagged.unpriced,
@@ -443,7 +455,7 @@ pub fn flagged_models(
         .into_iter()
         .enumerate()
         {
-            let count = row.get::<_, Option<i64>>(i + 1)?.unwrap_or(0);
+            let count = row.get::<Option<i64>>(i + 1)?.unwrap_or(0);
             if count > 0 {
                 list.push((name.clone(), count as u64));
             }
@@ -462,38 +474,38 @@ pub fn flagged_models(
 /// Per (agent, provider, model, route) sums of a period for `meter review`, read from the rows
 /// (the review needs the rate table's figure and short-answer counts the rollup does not keep).
 pub fn review_groups(
-    conn: &Connection,
+    db: &mut Db,
     period: &crate::report::Period,
     short_output_tokens: u64,
     short_min_cost_nanos: i64,
-) -> rusqlite::Result<Vec<crate::review::ReviewGroup>> {
-    let mut statement = conn.prepare(
+) -> Result<Vec<crate::review::ReviewGroup>, DbError> {
+    let rows = db.query(
         "SELECT agent, provider, coalesce(nullif(model, ''), '(unknown)'), route, count(*),
                 sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
                 sum(cache_write_1h_tokens), sum(output_tokens), sum(reasoning_tokens),
                 sum(cost_nanos), sum(CASE WHEN cost_nanos IS NOT NULL THEN table_cost_nanos END),
                 sum(CASE WHEN table_cost_nanos IS NOT NULL THEN cost_nanos END),
-                sum(cost_nanos IS NULL AND usage_status != 'missing'),
-                sum(usage_status = 'missing'), sum(usage_status = 'estimated'),
-                sum(output_tokens <= ?3 AND cost_nanos >= ?4),
+                sum(CASE WHEN cost_nanos IS NULL AND usage_status != 'missing' THEN 1 ELSE 0 END),
+                sum(CASE WHEN usage_status = 'missing' THEN 1 ELSE 0 END),
+                sum(CASE WHEN usage_status = 'estimated' THEN 1 ELSE 0 END),
+                sum(CASE WHEN output_tokens <= ?3 AND cost_nanos >= ?4 THEN 1 ELSE 0 END),
                 sum(CASE WHEN output_tokens <= ?3 AND cost_nanos >= ?4 THEN cost_nanos ELSE 0 END)
          FROM usage WHERE ts >= ?1 AND ts < ?2 AND status < 400
          GROUP BY 1, 2, 3, 4",
-    )?;
-    let rows = statement.query_map(
-        params![
+        &args![
             format_ts(&period.start),
             format_ts(&period.end),
             i64::try_from(short_output_tokens).unwrap_or(i64::MAX),
             short_min_cost_nanos
         ],
-        |row| {
-            let n = |i: usize| -> rusqlite::Result<u64> {
-                Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+    )?;
+    rows.iter()
+        .map(|row| {
+            let n = |i: usize| -> Result<u64, DbError> {
+                Ok(row.get::<Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
             };
-            let money = |i: usize| -> rusqlite::Result<i64> {
-                Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0))
-            };
+            let money =
+                |i: usize| -> Result<i64, DbError> { Ok(row.get::<Option<i64>>(i)?.unwrap_or(0)) };
             Ok(crate::review::ReviewGroup {
                 agent: row.get(0)?,
                 provider: row.get(1)?,
@@ -517,9 +529,8 @@ pub fn review_groups(
                 short_calls: n(17)?,
                 short_cost_nanos: money(18)?,
             })
-        },
-    )?;
-    rows.collect()
+        })
+        .collect()
 }
 
 /// A period's calls summed per agent, provider, model and route: what budgets are made of.
@@ -542,12 +553,12 @@ pub struct ScopeRow {
 /// period is made of whole UTC hours, else from the rows. `checked` first compares the rollup
 /// with the rows (as reports do); the budget snapshots every few seconds skip that count.
 pub fn scope_sums(
-    conn: &Connection,
+    db: &mut Db,
     period: &crate::report::Period,
     checked: bool,
-) -> rusqlite::Result<Vec<ScopeRow>> {
+) -> Result<Vec<ScopeRow>, DbError> {
     let source = if checked {
-        Source::checked(conn, period)?
+        Source::checked(db, period)?
     } else {
         Source::of(period)
     };
@@ -558,50 +569,52 @@ pub fn scope_sums(
             "sum(requests), sum(cost_nanos), sum(unpriced_requests), sum(missing_requests)"
         }
         Source::Rows { .. } => {
-            "count(*), sum(coalesce(cost_nanos, 0)), sum(cost_nanos IS NULL AND usage_status != 'missing'),
-             sum(usage_status = 'missing')"
+            "count(*), sum(coalesce(cost_nanos, 0)),
+             sum(CASE WHEN cost_nanos IS NULL AND usage_status != 'missing' THEN 1 ELSE 0 END),
+             sum(CASE WHEN usage_status = 'missing' THEN 1 ELSE 0 END)"
         }
     };
     let sql = format!(
         "SELECT agent, provider, {model}, route, {sums} {} GROUP BY 1, 2, 3, 4",
         source.scope()
     );
-    let mut statement = conn.prepare_cached(&sql)?;
-    let rows = statement
-        .query_map(params![from, to], |row| {
+    let rows = db
+        .query(&sql, &args![from, to])?
+        .iter()
+        .map(|row| {
             Ok(ScopeRow {
                 agent: row.get(0)?,
                 provider: row.get(1)?,
                 model: row.get(2)?,
                 route: row.get(3)?,
-                requests: row.get::<_, Option<i64>>(4)?.unwrap_or(0),
-                cost_nanos: row.get::<_, Option<i64>>(5)?.unwrap_or(0),
-                unpriced: row.get::<_, Option<i64>>(6)?.unwrap_or(0),
-                missing: row.get::<_, Option<i64>>(7)?.unwrap_or(0),
+                requests: row.get::<Option<i64>>(4)?.unwrap_or(0),
+                cost_nanos: row.get::<Option<i64>>(5)?.unwrap_or(0),
+                unpriced: row.get::<Option<i64>>(6)?.unwrap_or(0),
+                missing: row.get::<Option<i64>>(7)?.unwrap_or(0),
             })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
     Ok(rows.into_iter().filter(|r| r.requests != 0).collect())
 }
 
 /// A whole report (SPEC §7): the period's groups, the previous period's totals, the flagged
 /// models, the forecast.
 pub fn build_report(
-    conn: &Connection,
+    db: &mut Db,
     period: &crate::report::Period,
     by: &[crate::report::GroupBy],
     tz: chrono_tz::Tz,
     now: DateTime<Utc>,
-) -> rusqlite::Result<crate::report::Report> {
-    let groups = report_groups(conn, period, by)?;
+) -> Result<crate::report::Report, DbError> {
+    let groups = report_groups(db, period, by)?;
     let previous = match period.previous(tz) {
         Some(previous) => {
-            let figures = period_figures(conn, &previous)?;
+            let figures = period_figures(db, &previous)?;
             Some((previous, figures))
         }
         None => None,
     };
-    let flagged = flagged_models(conn, period)?;
+    let flagged = flagged_models(db, period)?;
     Ok(crate::report::Report::new(
         period.clone(),
         by.to_vec(),
@@ -637,27 +650,29 @@ pub struct SeedRow {
 
 /// All-time totals from the hourly rollup, with the non-2xx calls split by status class from
 /// the rows (an index keeps that to the failed calls).
-pub fn seed_totals(conn: &Connection) -> rusqlite::Result<Vec<SeedRow>> {
+pub fn seed_totals(db: &mut Db) -> Result<Vec<SeedRow>, DbError> {
     type Key = (String, String, String, String);
     // The rollup says `(unknown)` where the metrics say `unknown`.
     const MODEL: &str =
         "CASE WHEN coalesce(model, '') IN ('(unknown)', '') THEN 'unknown' ELSE model END";
-    let n = |row: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<u64> {
-        Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+    let n = |row: &Row, i: usize| -> Result<u64, DbError> {
+        Ok(row.get::<Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
     };
-    let key = |row: &rusqlite::Row<'_>| -> rusqlite::Result<Key> {
+    let key = |row: &Row| -> Result<Key, DbError> {
         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
     };
     let mut rows: std::collections::BTreeMap<Key, (SeedRow, u64)> = Default::default();
-    let mut statement = conn.prepare(&format!(
-        "SELECT agent, provider, {MODEL}, route, sum(requests), sum(input_tokens),
+    let totals = db.query(
+        &format!(
+            "SELECT agent, provider, {MODEL}, route, sum(requests), sum(input_tokens),
             sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
             sum(reasoning_tokens), sum(cost_nanos), sum(unpriced_requests),
             sum(estimated_requests), sum(missing_requests)
          FROM usage_hourly GROUP BY 1, 2, 3, 4"
-    ))?;
-    let mut query = statement.query([])?;
-    while let Some(row) = query.next()? {
+        ),
+        &[],
+    )?;
+    for row in &totals {
         let key = key(row)?;
         let seed = SeedRow {
             agent: key.0.clone(),
@@ -670,20 +685,22 @@ pub fn seed_totals(conn: &Connection) -> rusqlite::Result<Vec<SeedRow>> {
             cache_write_tokens: n(row, 7)?,
             output_tokens: n(row, 8)?,
             reasoning_tokens: n(row, 9)?,
-            cost_nanos: row.get::<_, Option<i64>>(10)?.unwrap_or(0),
+            cost_nanos: row.get::<Option<i64>>(10)?.unwrap_or(0),
             unpriced: n(row, 11)?,
             estimated: n(row, 12)?,
             missing: n(row, 13)?,
         };
         rows.insert(key, (seed, n(row, 4)?));
     }
-    let mut failed = conn.prepare(&format!(
-        "SELECT agent, provider, {MODEL}, route, status / 100, count(*)
+    let failed = db.query(
+        &format!(
+            "SELECT agent, provider, {MODEL}, route, status / 100, count(*)
          FROM usage WHERE status >= 300 GROUP BY 1, 2, 3, 4, 5"
-    ))?;
-    let mut query = failed.query([])?;
-    while let Some(row) = query.next()? {
-        let class = match row.get::<_, i64>(4)? {
+        ),
+        &[],
+    )?;
+    for row in &failed {
+        let class = match row.get::<i64>(4)? {
             3 => "3xx",
             4 => "4xx",
             _ => "5xx",
@@ -710,7 +727,7 @@ mod seed_tests {
 
     #[test]
     fn seed_totals_split_status_classes_and_name_unknown_models() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
         crate::ledger::schema::migrate(&mut conn).unwrap();
         for (model, status, cost) in [
             (Some("m"), 200, Some(5)),
@@ -722,11 +739,11 @@ mod seed_tests {
             conn.execute(
                 "INSERT INTO usage (ts, agent, provider, route, model, status, cost_nanos, output_tokens)
                  VALUES ('2026-11-01T10:00:00.000Z', 'a', 'openai', 'direct', ?1, ?2, ?3, 10)",
-                params![model, status, cost],
+                rusqlite::params![model, status, cost],
             )
             .unwrap();
         }
-        let rows = seed_totals(&conn).unwrap();
+        let rows = seed_totals(&mut Db::Sqlite(conn)).unwrap();
         let find = |model: &str| rows.iter().find(|r| r.model == model).unwrap();
         let m = find("m");
         let mut classes = m.requests.clone();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
+use super::db::{Db, Store};
 use super::{format_ts, schema, LedgerRecord};
 use std::collections::{HashMap, HashSet};
 
@@ -34,6 +35,11 @@ pub enum LedgerError {
     },
     #[error("starting the ledger writer thread: {0}")]
     Thread(std::io::Error),
+    #[error("ledger {url}: {source}")]
+    Postgres {
+        url: String,
+        source: super::db::DbError,
+    },
 }
 
 /// The request path's handle on the ledger. Cheap to clone; never blocks.
@@ -98,7 +104,12 @@ pub struct Pricer {
 
 /// Resolves a record's estimate, prices it, counts it in the metrics and its budgets, and
 /// releases what it reserved: once per record, on the request path or on the writer thread.
-fn finish(record: &mut LedgerRecord, pricer: &Pricer, metrics: &Metrics, budgets: &Budgets) {
+pub(super) fn finish(
+    record: &mut LedgerRecord,
+    pricer: &Pricer,
+    metrics: &Metrics,
+    budgets: &Budgets,
+) {
     record.resolve_estimate();
     pricer.price(record, metrics);
     metrics.observe(record);
@@ -190,20 +201,20 @@ impl Pricer {
 
 /// Opens (creating if needed) the ledger at `config.path`, migrates it, and starts the writer.
 /// The writer's view of the budgets: they are re-read from the ledger every `refresh`.
-struct BudgetSync {
-    budgets: Arc<Budgets>,
+pub(super) struct BudgetSync {
+    pub(super) budgets: Arc<Budgets>,
     refresh: Duration,
     last: std::time::Instant,
 }
 
 impl BudgetSync {
     /// Re-reads budget spend when it is due (never with records waiting: they come first).
-    fn due(&self) -> Option<Duration> {
+    pub(super) fn due(&self) -> Option<Duration> {
         (!self.budgets.is_empty()).then(|| self.refresh.saturating_sub(self.last.elapsed()))
     }
 
-    fn run(&mut self, conn: &Connection) {
-        if let Err(err) = self.budgets.sync(conn) {
+    pub(super) fn run(&mut self, db: &mut Db) {
+        if let Err(err) = self.budgets.sync(db) {
             tracing::warn!(error = %err, "reading budget spend from the ledger failed; will retry");
         }
         self.last = std::time::Instant::now();
@@ -218,7 +229,10 @@ pub fn open(
     pricer: Arc<Pricer>,
     budgets: Arc<Budgets>,
 ) -> Result<(Recorder, WriterHandle), LedgerError> {
-    let conn = open_connection(&config.path, config.busy_timeout)?;
+    if let Some(url) = &config.url {
+        return open_postgres(config, url, metrics, pricer, budgets);
+    }
+    let mut conn = open_connection(&config.path, config.busy_timeout)?;
     let rollup = take_over_triggers(&conn).map_err(|source| LedgerError::Open {
         path: config.path.display().to_string(),
         source,
@@ -230,8 +244,14 @@ pub fn open(
     };
     if !budgets.is_empty() {
         // Before the first call is admitted: enforcement starts from the ledger's figures.
-        budgets.sync(&conn).map_err(|source| LedgerError::Open {
-            path: config.path.display().to_string(),
+        let mut db = Db::Sqlite(conn);
+        let synced = budgets.sync(&mut db);
+        let Db::Sqlite(back) = db else {
+            unreachable!("a SQLite connection stays one")
+        };
+        conn = back;
+        synced.map_err(|source| LedgerError::Postgres {
+            url: config.path.display().to_string(),
             source,
         })?;
     }
@@ -246,7 +266,7 @@ pub fn open(
         .name("meter-ledger".to_string())
         .spawn(move || {
             run(
-                conn,
+                Db::Sqlite(conn),
                 receiver,
                 Batching {
                     size: batch_size,
@@ -257,6 +277,91 @@ pub fn open(
                 &writer_pricer,
                 &mut sync,
                 &writer_stopping,
+            )
+        })
+        .map_err(LedgerError::Thread)?;
+    Ok((
+        Recorder {
+            sender,
+            metrics,
+            pricer,
+            budgets,
+        },
+        WriterHandle { thread, stopping },
+    ))
+}
+
+/// The PostgreSQL store of `config`, a pool of at most `store.pool_size` connections.
+pub fn postgres_store(config: &StoreConfig, url: &str) -> Result<Store, LedgerError> {
+    let display = super::db::redact_url(url);
+    let pool = super::db::postgres_pool(url, config.pool_size, config.connect_timeout).map_err(
+        |source| LedgerError::Postgres {
+            url: display.clone(),
+            source: source.into(),
+        },
+    )?;
+    Ok(Store::Postgres { pool, display })
+}
+
+/// The ledger the configuration names: PostgreSQL when `store.url` is set, else SQLite.
+pub fn store(config: &StoreConfig) -> Result<Store, LedgerError> {
+    match &config.url {
+        Some(url) => postgres_store(config, url),
+        None => Ok(Store::Sqlite {
+            path: config.path.clone(),
+            busy_timeout: config.busy_timeout,
+        }),
+    }
+}
+
+/// The PostgreSQL writer: like [`open`], but the ledger is shared. The server must be reachable
+/// at start (the schema is checked and the budgets read before the proxy opens); after that an
+/// outage only queues and spills.
+fn open_postgres(
+    config: &StoreConfig,
+    url: &str,
+    metrics: Arc<Metrics>,
+    pricer: Arc<Pricer>,
+    budgets: Arc<Budgets>,
+) -> Result<(Recorder, WriterHandle), LedgerError> {
+    let store = postgres_store(config, url)?;
+    let mut db = store.open()?;
+    let mut sync = BudgetSync {
+        budgets: budgets.clone(),
+        refresh: config.refresh,
+        last: std::time::Instant::now(),
+    };
+    if !budgets.is_empty() {
+        budgets
+            .sync(&mut db)
+            .map_err(|source| LedgerError::Postgres {
+                url: store.describe(),
+                source,
+            })?;
+    }
+    let (sender, receiver) = mpsc::channel();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let writer_stopping = stopping.clone();
+    let writer_metrics = metrics.clone();
+    let writer_pricer = pricer.clone();
+    let writer = super::postgres::PgWriter {
+        store,
+        journal_path: config.journal.clone(),
+        queue_limit: config.queue_limit,
+        batch_size: config.batch_size,
+        commit_interval: config.commit_interval,
+        keys: super::postgres::KeyMaker::new(&super::postgres::hostname()),
+    };
+    let thread = thread::Builder::new()
+        .name("meter-ledger".to_string())
+        .spawn(move || {
+            writer.run(
+                receiver,
+                &writer_metrics,
+                &writer_pricer,
+                &mut sync,
+                &writer_stopping,
+                Some(db),
             )
         })
         .map_err(LedgerError::Thread)?;
@@ -294,7 +399,7 @@ pub fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection
 }
 
 /// How long the writer keeps retrying after shutdown began before it gives up on the rest.
-const SHUTDOWN_RETRY: Duration = Duration::from_secs(30);
+pub(super) const SHUTDOWN_RETRY: Duration = Duration::from_secs(30);
 
 /// How records are grouped into transactions: at most `size` each, and (group commit) at most
 /// one commit per `interval` while records keep coming.
@@ -343,7 +448,7 @@ fn take_over_triggers(conn: &Connection) -> rusqlite::Result<Rollup> {
 }
 
 fn run(
-    mut conn: Connection,
+    mut db: Db,
     receiver: mpsc::Receiver<LedgerRecord>,
     batching: Batching,
     metrics: &Metrics,
@@ -385,7 +490,7 @@ fn run(
                 Some(wait) => match receiver.recv_timeout(wait) {
                     Ok(record) => take(record, &mut queue),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        sync.run(&conn);
+                        sync.run(&mut db);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => return 0,
@@ -408,7 +513,10 @@ fn run(
         }
         let count = queue.len().min(batch_size);
         let batch = queue.make_contiguous();
-        match write_batch(&mut conn, &batch[..count], batching.rollup) {
+        let Db::Sqlite(conn) = &mut db else {
+            unreachable!("the SQLite writer owns a SQLite connection")
+        };
+        match write_batch(conn, &batch[..count], batching.rollup) {
             Ok(()) => {
                 last_commit = Some(std::time::Instant::now());
                 budgets.committed(
@@ -421,7 +529,7 @@ fn run(
                 metrics.ledger_pending_records.sub(count as i64);
                 backoff = Duration::from_millis(50);
                 if sync.due().is_some_and(|wait| wait.is_zero()) {
-                    sync.run(&conn);
+                    sync.run(&mut db);
                 }
             }
             Err(err) if is_transient(&err) => {
@@ -464,8 +572,7 @@ fn run(
                 tracing::error!(error = %err, "ledger write failed permanently; writing the batch row by row");
                 let mut written = 0usize;
                 for record in &batch[..count] {
-                    if write_batch(&mut conn, std::slice::from_ref(record), batching.rollup).is_ok()
-                    {
+                    if write_batch(conn, std::slice::from_ref(record), batching.rollup).is_ok() {
                         written += 1;
                         budgets.committed(&record.budget_hits);
                     } else {

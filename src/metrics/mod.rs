@@ -90,6 +90,9 @@ pub struct Metrics {
     pub usage_unread_total: IntCounterVec,
     pub ledger_pending_records: IntGauge,
     pub ledger_write_errors_total: IntCounter,
+    /// Records spilled to the local journal while a PostgreSQL ledger is unreachable, not yet
+    /// replayed into it.
+    pub ledger_journal_records: IntGauge,
     pub budget_spend_usd: GaugeVec,
     pub budget_limit_usd: GaugeVec,
     pub budget_forecast_usd: GaugeVec,
@@ -204,6 +207,10 @@ impl Metrics {
             "meter_ledger_write_errors_total",
             "Failed ledger write attempts (each is retried).",
         )?;
+        let ledger_journal_records = IntGauge::new(
+            "meter_ledger_journal_records",
+            "Records spilled to the local journal while the PostgreSQL ledger is unreachable, not yet replayed into it.",
+        )?;
         let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["budget"]);
         let budget_spend_usd = gauge(
             "meter_budget_spend_usd",
@@ -259,6 +266,7 @@ impl Metrics {
         registry.register(Box::new(usage_unread_total.clone()))?;
         registry.register(Box::new(ledger_pending_records.clone()))?;
         registry.register(Box::new(ledger_write_errors_total.clone()))?;
+        registry.register(Box::new(ledger_journal_records.clone()))?;
         Ok(Metrics {
             registry,
             agents: LabelCap::new("agent", max_agents),
@@ -275,6 +283,7 @@ impl Metrics {
             usage_unread_total,
             ledger_pending_records,
             ledger_write_errors_total,
+            ledger_journal_records,
             budget_spend_usd,
             budget_limit_usd,
             budget_forecast_usd,

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 pub mod parsing;
+pub mod postgres;
 
 /// One piece of a fake response body: wait for `delay`, then for a gate permit if `gated`,
 /// then send `bytes` as one frame.
@@ -671,9 +672,20 @@ impl Instance {
     /// Meter on ephemeral ports with its ledger at `db` (kept across restarts), every
     /// built-in provider the tests use routed to `upstream`, and `extra` appended.
     pub async fn start(db: &Path, upstream: &str, extra: &str, clock: Clock) -> Instance {
+        Instance::start_with_store(db, "", upstream, extra, clock).await
+    }
+
+    /// Like `start`, with `store_toml` lines added to `[store]` (a PostgreSQL `url`, say).
+    pub async fn start_with_store(
+        db: &Path,
+        store_toml: &str,
+        upstream: &str,
+        extra: &str,
+        clock: Clock,
+    ) -> Instance {
         let toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n\n\
-             [store]\npath = {db:?}\nrefresh_secs = 1\n\n\
+             [store]\npath = {db:?}\nrefresh_secs = 1\n{store_toml}\n\n\
              [[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n\
              [[provider]]\nname = \"anthropic\"\nupstream = \"{upstream}\"\n\n\
              [[provider]]\nname = \"gemini\"\nupstream = \"{upstream}\"\n\n\
