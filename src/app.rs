@@ -111,6 +111,21 @@ pub async fn run_at(
         metrics.clone(),
     ));
     let client = forward::client(&config.upstream)?;
+    let forward_mode = if config.forward.enabled {
+        let dir = config.ca_dir();
+        let ca = crate::ca::LocalCa::load(&dir).context(
+            "forward-proxy mode ([proxy.forward] enabled = true) needs meter's local CA",
+        )?;
+        tracing::info!(ca = %ca.paths.cert.display(), passthrough = config.forward.passthrough, "forward-proxy mode on: clients set HTTPS_PROXY to meter and trust this CA");
+        Some(proxy::tunnel::Forward {
+            leaves: Arc::new(crate::ca::Leaves::new(ca)),
+            metrics: metrics.clone(),
+            connect_timeout: config.upstream.connect_timeout,
+            idle_timeout: config.upstream.idle_timeout,
+        })
+    } else {
+        None
+    };
     let drains = tokio_util::task::TaskTracker::new();
     let cut_drains = tokio_util::sync::CancellationToken::new();
     let proxy_state = Arc::new(ProxyState {
@@ -131,6 +146,7 @@ pub async fn run_at(
         budgets: budgets.clone(),
         pricer,
         clock,
+        forward: forward_mode,
     });
     let limits = proxy::listener::ConnectionLimits::from_config(&config.server, metrics.clone());
     let admin_state = Arc::new(AdminState {

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod alert;
 pub mod app;
 pub mod budget;
+pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one function per subcommand.
 
 pub mod budget;
+pub mod ca;
 pub mod init;
 pub mod ledger;
 pub mod prices;
@@ -66,6 +67,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ledger::LedgerCommand,
     },
+    /// The local CA of forward-proxy mode: create it, print its certificate's path
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
+    },
 }
 
 /// A failure, classified for the exit status: 2 for usage or configuration, 1 for runtime.
@@ -105,6 +111,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Budget { command } => budget::run_budget(&cli, command),
         Command::Alert { command } => budget::run_alert(&cli, command),
         Command::Ledger { command } => ledger::run(&cli, command),
+        Command::Ca { command } => ca::run(&cli, command),
     }
 }
 

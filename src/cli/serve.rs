@@ -25,6 +25,25 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     if let Some(listen) = args.metrics_listen {
         config.server.metrics_listen = listen;
     }
+    if config.forward.enabled {
+        // Before the banner: forward-proxy mode without its CA is a setup mistake, not a
+        // runtime failure.
+        let paths = crate::ca::CaPaths::in_dir(&config.ca_dir());
+        for (path, file) in [
+            (&paths.cert, crate::ca::CERT_FILE),
+            (&paths.key, crate::ca::KEY_FILE),
+        ] {
+            if !path.is_file() {
+                return Err(Failure::Usage(
+                    crate::ca::CaError::Missing {
+                        dir: paths.dir.display().to_string(),
+                        file,
+                    }
+                    .into(),
+                ));
+            }
+        }
+    }
     // One CPU (a container's share, taskset) or `worker_threads = 1`: a single-threaded runtime,
     // which spends about a third less CPU per call than the work-stealing one on one core.
     let threads = match config.server.worker_threads {
@@ -91,6 +110,13 @@ fn print_banner(config: &Config, proxy: SocketAddr, metrics: SocketAddr) {
         .map(|p| format!("{base}/{}", p.name))
         .collect();
     out.push_str(&format!("  other providers: {}\n", others.join(" ")));
+    if config.forward.enabled {
+        let cert = crate::ca::CaPaths::in_dir(&config.ca_dir()).cert;
+        out.push_str(&format!(
+            "forward-proxy mode: export HTTPS_PROXY={base} and trust {} (meter ca path)\n",
+            std::path::absolute(&cert).unwrap_or(cert).display()
+        ));
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
     let _ = stdout.flush();

@@ -259,6 +259,21 @@ pub struct UpstreamConfig {
     /// `drain_on_disconnect_timeout`) instead of closing the upstream.
     pub drain_on_disconnect: bool,
     pub drain_on_disconnect_timeout: Duration,
+    /// `upstream.idle_timeout_secs`: the providers' default, and the longest silence of a
+    /// forward-proxy passthrough tunnel.
+    pub idle_timeout: Duration,
+}
+
+/// `[proxy.forward]`: forward-proxy mode (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ForwardConfig {
+    /// Answer `CONNECT` to configured provider hosts (intercepted and metered) and plain-HTTP
+    /// absolute-form requests to them.
+    pub enabled: bool,
+    /// `CONNECT` to any other host is tunnelled blind (unmetered) instead of refused.
+    pub passthrough: bool,
+    /// Where the local CA lives; `None`: `meter-ca` beside the ledger (see [`Config::ca_dir`]).
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// The validated configuration.
@@ -266,6 +281,7 @@ pub struct UpstreamConfig {
 pub struct Config {
     pub timezone: chrono_tz::Tz,
     pub server: ServerConfig,
+    pub forward: ForwardConfig,
     pub store: StoreConfig,
     pub upstream: UpstreamConfig,
     pub providers: Vec<Provider>,
@@ -370,6 +386,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 const DEFAULT_DB: &str = "meter.db";
 const DEFAULT_PRICES_FILE: &str = "prices.toml";
+const DEFAULT_CA_DIR: &str = "meter-ca";
 const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 32 * 1024 * 1024;
 const DEFAULT_MAX_PARSE_BODY_BYTES: u64 = 64 * 1024 * 1024;
@@ -400,6 +417,7 @@ struct RawConfig {
     timezone: String,
     prices_file: String,
     server: RawServer,
+    proxy: RawProxy,
     store: RawStore,
     upstream: RawUpstream,
     provider: Vec<RawProvider>,
@@ -418,6 +436,7 @@ impl Default for RawConfig {
             timezone: "UTC".to_string(),
             prices_file: DEFAULT_PRICES_FILE.to_string(),
             server: RawServer::default(),
+            proxy: RawProxy::default(),
             store: RawStore::default(),
             upstream: RawUpstream::default(),
             provider: Vec::new(),
@@ -498,6 +517,20 @@ impl Default for RawServer {
             header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProxy {
+    forward: RawForward,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawForward {
+    enabled: bool,
+    passthrough: bool,
+    ca_dir: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -690,6 +723,20 @@ impl Config {
         )
     }
 
+    /// The local CA's directory: `proxy.forward.ca_dir`, else `meter-ca` beside the ledger
+    /// (`store.path`, after `--db`).
+    pub fn ca_dir(&self) -> PathBuf {
+        match &self.forward.ca_dir {
+            Some(dir) => dir.clone(),
+            None => self
+                .store
+                .path
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(DEFAULT_CA_DIR),
+        }
+    }
+
     /// What pricing needs to know about the provider named `name` (a provider no longer in the
     /// config is priced as a direct one without markup).
     pub fn provider_pricing(&self, name: &str) -> crate::pricing::ProviderPricing {
@@ -808,6 +855,18 @@ impl RawConfig {
         if server.max_request_body_bytes == 0 {
             return Err("server.max_request_body_bytes: must be at least 1".to_string());
         }
+        if self.proxy.forward.passthrough && !self.proxy.forward.enabled {
+            return Err(
+                "proxy.forward.passthrough: needs proxy.forward.enabled = true".to_string(),
+            );
+        }
+        let forward = ForwardConfig {
+            enabled: self.proxy.forward.enabled,
+            passthrough: self.proxy.forward.passthrough,
+            // Relative to the config file, like prices_file.
+            ca_dir: (!self.proxy.forward.ca_dir.trim().is_empty())
+                .then(|| base.join(&self.proxy.forward.ca_dir)),
+        };
         if self.store.path.trim().is_empty() {
             return Err("store.path: must not be empty".to_string());
         }
@@ -874,7 +933,12 @@ impl RawConfig {
                 self.upstream.ca_file
             ));
         }
+        let default_idle_timeout = positive_secs(
+            "upstream.idle_timeout_secs",
+            self.upstream.idle_timeout_secs,
+        )?;
         let upstream = UpstreamConfig {
+            idle_timeout: default_idle_timeout,
             ca_file: (!self.upstream.ca_file.is_empty())
                 .then(|| PathBuf::from(&self.upstream.ca_file)),
             connect_timeout: positive_secs(
@@ -895,10 +959,6 @@ impl RawConfig {
         let default_response_timeout = positive_secs(
             "upstream.response_timeout_secs",
             self.upstream.response_timeout_secs,
-        )?;
-        let default_idle_timeout = positive_secs(
-            "upstream.idle_timeout_secs",
-            self.upstream.idle_timeout_secs,
         )?;
 
         let mut providers: Vec<Provider> = BUILTIN_PROVIDERS
@@ -1122,6 +1182,7 @@ impl RawConfig {
             weekly,
             timezone,
             server,
+            forward,
             store,
             upstream,
             providers,
@@ -1157,6 +1218,12 @@ worker_threads = 0                       # threads serving calls; 0: one per CPU
                                          # (keep it under the file descriptor limit, ulimit -n)
 header_read_timeout_secs = {DEFAULT_HEADER_READ_TIMEOUT_SECS}            # a connection without complete request headers for this
                                          # long is closed (slow or silent clients, idle keep-alive)
+
+[proxy.forward]                          # forward-proxy mode: agents set HTTPS_PROXY=http://<listen>
+enabled = false                          # intercept CONNECT to providers' `hosts` and meter it (needs
+                                         # `meter ca init`, and clients that trust meter's CA)
+passthrough = false                      # CONNECT to other hosts: tunnel it blind, unmetered (else 403)
+ca_dir = ""                              # the local CA; "": {DEFAULT_CA_DIR}/ beside the ledger (meter ca path)
 
 [store]
 path = "{DEFAULT_DB}"                      # SQLite ledger (WAL); --db overrides it
@@ -1197,6 +1264,8 @@ drain_on_disconnect_secs = {DEFAULT_DRAIN_ON_DISCONNECT_SECS}            #   ...
 # Built-in providers. Each can be overridden by name or a new one added with a [[provider]]
 # entry; keys left out keep the built-in value (for a new provider: kind "openai",
 # route "direct", markup 0). response_timeout_secs and idle_timeout_secs override [upstream].
+# hosts: the names forward-proxy mode intercepts for the provider (CONNECT on port 443, plain
+# HTTP on port 80); its upstream's own host and port are always matched too.
 # inject_stream_usage (default true, false for mistral and openrouter, which send usage unasked):
 # for OpenAI-format streaming requests
 # without stream_options.include_usage, meter asks for usage and hides the usage-only chunk

@@ -100,7 +100,17 @@ pub struct Metrics {
     pub alert_failures_total: IntCounterVec,
     pub client_connections: IntGauge,
     pub client_timeouts_total: IntCounter,
+    /// CONNECT requests in forward-proxy mode, by `kind`: intercepted, passthrough, refused.
+    pub forward_tunnels_total: IntCounterVec,
+    /// Leaf-certificate lookups for intercepted hosts, by `result`: hit, miss (minted).
+    pub forward_cert_cache_total: IntCounterVec,
+    /// Intercepted tunnels whose client TLS handshake failed (a client that does not trust
+    /// meter's CA shows up here).
+    pub forward_handshake_failures_total: IntCounter,
 }
+
+/// The `kind` label of `meter_forward_tunnels_total`.
+pub const TUNNEL_KINDS: [&str; 3] = ["intercepted", "passthrough", "refused"];
 
 /// The `kind` label of the alert counters.
 pub const ALERT_KINDS: [&str; 4] = ["threshold", "forecast", "weekly", "test"];
@@ -247,6 +257,33 @@ impl Metrics {
             "Client connections closed because no complete request headers arrived within server.header_read_timeout_secs (slow or silent clients, idle keep-alive connections).",
         )?;
         registry.register(Box::new(client_connections.clone()))?;
+        let forward_tunnels_total = IntCounterVec::new(
+            Opts::new(
+                "meter_forward_tunnels_total",
+                "CONNECT requests in forward-proxy mode, by kind: intercepted (a provider host, metered), passthrough (another host, tunnelled blind and unmetered), refused (403).",
+            ),
+            &["kind"],
+        )?;
+        for kind in TUNNEL_KINDS {
+            forward_tunnels_total.with_label_values(&[kind]);
+        }
+        let forward_cert_cache_total = IntCounterVec::new(
+            Opts::new(
+                "meter_forward_cert_cache_total",
+                "Leaf certificates looked up for intercepted hosts, by result: hit (cached), miss (minted).",
+            ),
+            &["result"],
+        )?;
+        for result in ["hit", "miss"] {
+            forward_cert_cache_total.with_label_values(&[result]);
+        }
+        let forward_handshake_failures_total = IntCounter::new(
+            "meter_forward_handshake_failures_total",
+            "Intercepted tunnels whose TLS handshake with the client failed (e.g. a client that does not trust meter's CA).",
+        )?;
+        registry.register(Box::new(forward_tunnels_total.clone()))?;
+        registry.register(Box::new(forward_cert_cache_total.clone()))?;
+        registry.register(Box::new(forward_handshake_failures_total.clone()))?;
         registry.register(Box::new(client_timeouts_total.clone()))?;
         for kind in ALERT_KINDS {
             alerts_sent_total.with_label_values(&[kind]);
@@ -291,6 +328,9 @@ impl Metrics {
             alert_failures_total,
             client_connections,
             client_timeouts_total,
+            forward_tunnels_total,
+            forward_cert_cache_total,
+            forward_handshake_failures_total,
         })
     }
 

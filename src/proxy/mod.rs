@@ -8,6 +8,7 @@ pub mod rewrite;
 pub mod router;
 pub mod strip;
 pub mod tee;
+pub mod tunnel;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use crate::usage::request::RequestFacts;
 use crate::usage::{self, BodyKind, Endpoint};
 use context::{CallContext, Outcome};
 use listener::{Activity, ConnectionLimits, Slot, Tracked};
-use router::{RouteError, RouteTable, RouteTarget};
+use router::{RouteError, RouteTable, RouteTarget, Target};
 use strip::UsageChunkStripper;
 use tee::{Metering, TeeBody, UsageReader};
 
@@ -51,6 +52,8 @@ pub struct ProxyState {
     /// Prices a call's worst case for budget reservations.
     pub pricer: Arc<crate::ledger::writer::Pricer>,
     pub clock: crate::clock::Clock,
+    /// Forward-proxy mode (`[proxy.forward] enabled`), with the local CA's leaves.
+    pub forward: Option<tunnel::Forward>,
 }
 
 /// Serves the proxy on `listener` until `shutdown` turns true, then lets in-flight calls finish
@@ -141,7 +144,9 @@ pub async fn serve(
 
 /// Serves one client connection until it ends or shutdown drains it. A connection with no
 /// request in progress for `header_read_timeout` (its headers never complete, or it sits idle)
-/// is closed; its `Slot` is freed when this returns.
+/// is closed; its `Slot` is freed when this returns. In forward-proxy mode, a `CONNECT` meter
+/// answered 200 hands the connection over to its tunnel, which then runs here, in the same
+/// task: the tunnel holds the slot and is drained (or cut) like any connection.
 async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
     stream: tokio::net::TcpStream,
@@ -150,17 +155,50 @@ async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
     (_slot, limits): (Slot, ConnectionLimits),
 ) {
+    let stash: Option<Arc<tunnel::Stash>> = state.forward.is_some().then(Default::default);
     let activity = Activity::new();
     let tracker = activity.clone();
+    let service_state = state.clone();
+    let service_stash = stash.clone();
     let service = service_fn(move |request| {
         let guard = tracker.begin();
-        let state = state.clone();
+        let state = service_state.clone();
+        let via = Via::Client(service_stash.clone());
         async move {
-            let response = handle(state, request).await?;
+            let response = handle_in(state, request, via).await?;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let io = TokioIo::new(stream);
+    let ended = if stash.is_some() {
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        watch_connection(connection, &activity, &mut shutdown, &limits, peer).await
+    } else {
+        let connection = builder.serve_connection(io, service);
+        watch_connection(connection, &activity, &mut shutdown, &limits, peer).await
+    };
+    let pending = stash.and_then(|stash| stash.lock().ok()?.take());
+    if let (true, Some(pending)) = (ended, pending) {
+        if !*shutdown.borrow() {
+            run_tunnel(pending, &builder, state, shutdown, &limits, peer).await;
+        }
+    }
+}
+
+/// Drives a connection until it ends, shutdown drains it, or it is idle for
+/// `header_read_timeout` with no request in progress. False when it was closed for idleness.
+async fn watch_connection<C>(
+    connection: C,
+    activity: &Activity,
+    shutdown: &mut watch::Receiver<bool>,
+    limits: &ConnectionLimits,
+    peer: SocketAddr,
+) -> bool
+where
+    C: hyper_util::server::graceful::GracefulConnection<
+        Error = Box<dyn std::error::Error + Send + Sync>,
+    >,
+{
     tokio::pin!(connection);
     let timeout = limits.header_read_timeout;
     let result = loop {
@@ -185,7 +223,7 @@ async fn serve_connection(
                     // moment is dropped (nothing is in flight on it).
                     connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(1), connection.as_mut()).await;
-                    return;
+                    return false;
                 }
             }
         }
@@ -196,6 +234,68 @@ async fn serve_connection(
         }
         tracing::debug!(%peer, error = %err, "client connection ended with an error");
     }
+    true
+}
+
+/// Runs a tunnel meter answered 200 to, once hyper hands over the client's connection:
+/// passthrough copies it blind; an intercepted one terminates TLS and serves the requests
+/// inside (HTTP/1.1 or HTTP/2, by ALPN) for the tunnel's provider, with the same handler,
+/// limits and watchdog as any client connection.
+async fn run_tunnel(
+    pending: tunnel::Pending,
+    builder: &auto::Builder<TokioExecutor>,
+    state: Arc<ProxyState>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: &ConnectionLimits,
+    peer: SocketAddr,
+) {
+    let Some(forward) = state.forward.as_ref() else {
+        return;
+    };
+    let upgraded = match pending.upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "the CONNECT connection was not handed over");
+            return;
+        }
+    };
+    let (provider, host) = match pending.plan {
+        tunnel::Plan::Passthrough(server) => {
+            tunnel::passthrough(forward, upgraded, server, shutdown).await;
+            return;
+        }
+        tunnel::Plan::Intercept { provider, host } => (provider, host),
+    };
+    let tls = match tunnel::accept_tls(forward, upgraded, &host, limits.header_read_timeout).await {
+        Ok(tls) => tls,
+        Err(err) => {
+            forward.metrics.forward_handshake_failures_total.inc();
+            tracing::info!(%peer, %host, error = %err, "intercepted tunnel: TLS handshake failed (does the client trust meter's CA? see `meter ca path`)");
+            return;
+        }
+    };
+    let activity = Activity::new();
+    let tracker = activity.clone();
+    let service = service_fn(move |request| {
+        let guard = tracker.begin();
+        let state = state.clone();
+        let via = Via::Tunnel(provider.clone());
+        async move {
+            let response = handle_in(state, request, via).await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    watch_connection(connection, &activity, &mut shutdown, limits, peer).await;
+}
+
+/// How a request reached the handler.
+enum Via {
+    /// On a client connection to the proxy port; in forward-proxy mode (HTTP/1 connections),
+    /// where a `CONNECT` leaves its tunnel.
+    Client(Option<Arc<tunnel::Stash>>),
+    /// Inside a tunnel intercepted for this provider.
+    Tunnel(Arc<crate::config::Provider>),
 }
 
 /// Handles one client request. Never fails: every problem becomes a response.
@@ -203,18 +303,66 @@ pub async fn handle(
     state: Arc<ProxyState>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    handle_in(state, request, Via::Client(None)).await
+}
+
+async fn handle_in(
+    state: Arc<ProxyState>,
+    mut request: Request<Incoming>,
+    via: Via,
+) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let ts = state.clock.now();
     let path = request.uri().path().to_string();
     let query = request.uri().query().map(str::to_string);
-    let routed = state
-        .routes
-        .check_target(request.method(), request.uri(), request.version())
-        .and_then(|()| {
-            state
+    let routed = match via {
+        Via::Tunnel(provider) => {
+            if request.method() == Method::CONNECT {
+                Err(RouteError::NotAProxy {
+                    code: "not_a_proxy",
+                    message: "CONNECT inside a tunnel".to_string(),
+                })
+            } else {
+                state
+                    .routes
+                    .route_host(&provider, &path, query.as_deref(), request.headers())
+            }
+        }
+        Via::Client(stash) => {
+            let target = state
                 .routes
-                .route(&path, query.as_deref(), request.headers())
-        });
+                .target(request.method(), request.uri(), request.version());
+            match (target, &state.forward, stash) {
+                (Ok(Target::Path), _, _) => {
+                    state
+                        .routes
+                        .route(&path, query.as_deref(), request.headers())
+                }
+                (Ok(Target::Host { provider, .. }), _, _) => {
+                    state
+                        .routes
+                        .route_host(&provider, &path, query.as_deref(), request.headers())
+                }
+                (Ok(tunnel), Some(forward), Some(stash)) => {
+                    return Ok(tunnel::open(forward, &mut request, tunnel, &stash).await);
+                }
+                (Ok(_), _, _) => Err(RouteError::NotAProxy {
+                    code: "not_a_proxy",
+                    message: "CONNECT is answered on HTTP/1.1 client connections only".to_string(),
+                }),
+                (Err(err), forward, _) => {
+                    if let (Some(forward), true) = (forward, request.method() == Method::CONNECT) {
+                        forward
+                            .metrics
+                            .forward_tunnels_total
+                            .with_label_values(&["refused"])
+                            .inc();
+                    }
+                    Err(err)
+                }
+            }
+        }
+    };
     let target = match routed {
         Ok(target) => target,
         Err(err) => return Ok(route_error(&state, err)),

@@ -27,6 +27,35 @@ pub struct RouteTable {
     agents_by_fingerprint: HashMap<String, Arc<Agent>>,
     /// `server.listen`: an absolute-form request naming meter itself is routed like any other.
     listen: SocketAddr,
+    /// `[proxy.forward] enabled` and `passthrough`.
+    forward: bool,
+    passthrough: bool,
+}
+
+/// How a request is to be routed, from its method and target ([`RouteTable::target`]).
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// By its path: `/<provider>/<rest>` (base-URL mode).
+    Path,
+    /// Forward-proxy mode, plain HTTP in absolute form (`GET http://127.0.0.1:11434/api/chat`)
+    /// to a provider's host: routed to `provider` by [`RouteTable::route_host`].
+    Host {
+        provider: Arc<Provider>,
+        host: String,
+    },
+    /// Forward-proxy mode, `CONNECT` to a provider's host: TLS is terminated with a leaf for
+    /// `host` and the requests inside are routed to `provider`.
+    Intercept {
+        provider: Arc<Provider>,
+        host: String,
+    },
+    /// Forward-proxy mode with `passthrough`, `CONNECT` to another host: tunnelled blind.
+    Passthrough { host: String, port: u16 },
+}
+
+/// A host as forward-proxy mode compares it: lower case, without a trailing dot.
+pub fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Where a request goes and who it is for.
@@ -84,6 +113,8 @@ impl RouteTable {
             agents_by_name,
             agents_by_fingerprint,
             listen: config.server.listen,
+            forward: config.forward.enabled,
+            passthrough: config.forward.passthrough,
         }
     }
 
@@ -92,18 +123,21 @@ impl RouteTable {
         &self.names
     }
 
-    /// Refuses what asks meter to act as a forward proxy while forward-proxy mode is off
-    /// (SPEC §2: meter is not an open proxy): every `CONNECT`, and every HTTP/1 absolute-form
+    /// Decides how a request is routed from its method and target (SPEC §2). Origin-form
+    /// requests, and absolute-form ones naming meter's own `server.listen`, are routed by path.
+    /// While forward-proxy mode is off, every `CONNECT` and every other HTTP/1 absolute-form
     /// target (`GET http://host/... HTTP/1.1`, which only a client configured to use a proxy
-    /// sends) unless it names meter's own `server.listen`. Such a request is never routed by its
-    /// path alone: the credentials it carries are meant for the host it names. HTTP/2 requests
-    /// always carry `:authority` (the `Host` of HTTP/2) and are routed by path.
-    pub fn check_target(
+    /// sends) is refused: the credentials such a request carries are meant for the host it
+    /// names, so it is never routed by its path alone. With forward-proxy mode on, a `CONNECT`
+    /// to a provider's host is intercepted, an absolute-form request to one is routed to that
+    /// provider, and a `CONNECT` elsewhere is tunnelled blind when `passthrough` is on. HTTP/2
+    /// requests always carry `:authority` (the `Host` of HTTP/2) and are routed by path.
+    pub fn target(
         &self,
         method: &Method,
         uri: &Uri,
         version: Version,
-    ) -> Result<(), RouteError> {
+    ) -> Result<Target, RouteError> {
         let http1 = matches!(
             version,
             Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
@@ -113,43 +147,99 @@ impl RouteTable {
             if connect {
                 return Err(not_a_proxy(""));
             }
-            return Ok(());
+            return Ok(Target::Path);
         };
         if !connect && self.is_self(authority) {
-            return Ok(());
+            return Ok(Target::Path);
         }
-        // Named for the message only: the upstream by host and port first, then `hosts`.
-        let host = authority.host().trim_end_matches('.');
-        let providers = || {
-            self.names
-                .iter()
-                .filter_map(|name| self.providers.get(name).map(|p| (name, p)))
-        };
-        let provider = providers()
-            .find(|(_, p)| {
-                let port = p.upstream.authority.port_u16();
-                let default = if p.upstream.https { 443 } else { 80 };
-                p.upstream.host().eq_ignore_ascii_case(host)
-                    && port.unwrap_or(default) == authority.port_u16().unwrap_or(default)
+        let shown: String = authority.as_str().chars().take(128).collect();
+        // A CONNECT tunnel carries TLS; an absolute-form target names its scheme.
+        let https = connect || uri.scheme_str() == Some("https");
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = normalize_host(authority.host());
+        if !self.forward {
+            // Named for the message only: the upstream by host and port first, then `hosts`.
+            let provider = self
+                .ordered()
+                .find(|p| {
+                    let default = if p.upstream.https { 443 } else { 80 };
+                    normalize_host(p.upstream.host()) == host
+                        && p.upstream.authority.port_u16().unwrap_or(default)
+                            == authority.port_u16().unwrap_or(default)
+                })
+                .or_else(|| {
+                    self.ordered()
+                        .find(|p| p.hosts.iter().any(|h| normalize_host(h) == host))
+                });
+            return Err(match provider {
+                Some(p) => RouteError::NotAProxy {
+                    code: "forward_proxy_off",
+                    message: format!(
+                        "{shown:?} is provider {:?}'s host, but forward-proxy mode is off: use http://<meter>/{}/<path> as the base URL, or set [proxy.forward] enabled = true",
+                        p.name, p.name
+                    ),
+                },
+                None => not_a_proxy(&shown),
+            });
+        }
+        if connect && !http1 {
+            return Err(RouteError::NotAProxy {
+                code: "connect_needs_http1",
+                message: "meter answers CONNECT over HTTP/1.1 only; talk to the proxy over HTTP/1.1 (the TLS inside the tunnel may be HTTP/2)".to_string(),
+            });
+        }
+        if connect && self.is_self(authority) {
+            return Err(not_a_proxy(&shown));
+        }
+        match self.provider_for_host(&host, port, https) {
+            Some(provider) if connect => Ok(Target::Intercept { provider, host }),
+            Some(provider) => Ok(Target::Host { provider, host }),
+            None if connect && self.passthrough => Ok(Target::Passthrough {
+                host: authority.host().to_string(),
+                port,
+            }),
+            None => {
+                Err(RouteError::NotAProxy {
+                    code: "host_not_metered",
+                    message: if connect {
+                        format!(
+                        "{shown:?} is not a configured provider host, and meter tunnels only those (set [proxy.forward] passthrough = true to tunnel other hosts unmetered)"
+                    )
+                    } else {
+                        format!("{shown:?} is not a configured provider host; meter is not an open proxy")
+                    },
+                })
+            }
+        }
+    }
+
+    /// Providers in configuration order.
+    fn ordered(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.names
+            .iter()
+            .filter_map(|name| self.providers.get(name))
+    }
+
+    /// The provider a forward-proxy request to `host:port` is for: the one whose upstream is
+    /// that very scheme, host and port, else the first whose `hosts` name `host`, when `port`
+    /// is the scheme's default (443 for a tunnel, 80 for plain HTTP).
+    fn provider_for_host(&self, host: &str, port: u16, https: bool) -> Option<Arc<Provider>> {
+        let default = if https { 443 } else { 80 };
+        self.ordered()
+            .find(|p| {
+                p.upstream.https == https
+                    && normalize_host(p.upstream.host()) == host
+                    && p.upstream.authority.port_u16().unwrap_or(default) == port
             })
             .or_else(|| {
-                providers().find(|(_, p)| {
-                    p.hosts
-                        .iter()
-                        .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(host))
-                })
+                (port == default)
+                    .then(|| {
+                        self.ordered()
+                            .find(|p| p.hosts.iter().any(|h| normalize_host(h) == host))
+                    })
+                    .flatten()
             })
-            .map(|(name, _)| name);
-        let shown: String = authority.as_str().chars().take(128).collect();
-        match provider {
-            Some(name) => Err(RouteError::NotAProxy {
-                code: "forward_proxy_off",
-                message: format!(
-                    "{shown:?} is provider {name:?}'s host, but forward-proxy mode is off: use http://<meter>/{name}/<path> as the base URL"
-                ),
-            }),
-            None => Err(not_a_proxy(&shown)),
-        }
+            .cloned()
     }
 
     /// Whether an absolute-form authority names meter's own listen address.
@@ -197,6 +287,40 @@ impl RouteTable {
                 prefix: prefix.chars().take(64).collect(),
             })?
             .clone();
+        self.attribute(provider, path_agent, upstream_path, query, headers)
+    }
+
+    /// Routes a request that named its provider's host rather than meter (forward-proxy mode:
+    /// inside an intercepted tunnel, or plain HTTP in absolute form). Its whole path is the
+    /// provider's own: the upstream's base path is not added a second time when the path
+    /// already starts with it (`https://openrouter.ai/api/v1/...` to upstream
+    /// `https://openrouter.ai/api`), and is added otherwise (an upstream mounted elsewhere).
+    /// The agent comes from `X-Meter-Agent`, else the key's fingerprint, else `default`.
+    pub fn route_host(
+        &self,
+        provider: &Arc<Provider>,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<RouteTarget, RouteError> {
+        check_path(path)?;
+        let base = provider.upstream.base_path.as_str();
+        let upstream_path = match path.strip_prefix(base) {
+            Some(rest) if !base.is_empty() && (rest.is_empty() || rest.starts_with('/')) => rest,
+            _ => path,
+        };
+        self.attribute(provider.clone(), None, upstream_path, query, headers)
+    }
+
+    /// The agent, key fingerprint, tags and route policy of a request for `provider`.
+    fn attribute(
+        &self,
+        provider: Arc<Provider>,
+        path_agent: Option<&str>,
+        upstream_path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<RouteTarget, RouteError> {
         // `//host/...` is not a path but a network-path reference (RFC 3986 §4.2): as the
         // whole request target it could be read as another host by whatever parses it next.
         if provider.upstream.base_path.is_empty() && upstream_path.starts_with("//") {
@@ -612,7 +736,8 @@ routes = ["direct"]
         let table = RouteTable::new(&config);
         let check = |method: Method, uri: &str, version: Version| {
             table
-                .check_target(&method, &uri.parse::<Uri>().unwrap(), version)
+                .target(&method, &uri.parse::<Uri>().unwrap(), version)
+                .map(|target| assert!(matches!(target, Target::Path), "{target:?}"))
                 .map_err(|err| match err {
                     RouteError::NotAProxy { code, .. } => code,
                     other => panic!("{other:?}"),
@@ -682,6 +807,168 @@ routes = ["direct"]
                 Version::HTTP_2
             ),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn forward_mode_intercepts_provider_hosts_only() {
+        let table = |passthrough: bool| {
+            let config = Config::from_toml(
+                &format!(
+                    "[server]\nlisten = \"127.0.0.1:8787\"\n[proxy.forward]\nenabled = true\npassthrough = {passthrough}\n\
+                     [[provider]]\nname = \"openai\"\nupstream = \"https://127.0.0.1:9443\"\n\
+                     [[provider]]\nname = \"local\"\nupstream = \"http://10.0.0.5:9000/base\"\nhosts = [\"llm.internal\"]\n"
+                ),
+                "t",
+            )
+            .unwrap();
+            RouteTable::new(&config)
+        };
+        let (strict, open) = (table(false), table(true));
+        // What each request becomes: "intercept:<provider>", "host:<provider>", "passthrough",
+        // "path", or the refusal's code.
+        let check = |table: &RouteTable, method: Method, uri: &str, version: Version| -> String {
+            match table.target(&method, &uri.parse::<Uri>().unwrap(), version) {
+                Ok(Target::Intercept { provider, host }) => {
+                    format!("intercept:{}:{host}", provider.name)
+                }
+                Ok(Target::Host { provider, .. }) => format!("host:{}", provider.name),
+                Ok(Target::Passthrough { host, port }) => format!("passthrough:{host}:{port}"),
+                Ok(Target::Path) => "path".to_string(),
+                Err(RouteError::NotAProxy { code, .. }) => code.to_string(),
+                Err(other) => panic!("{other:?}"),
+            }
+        };
+        let h1 = Version::HTTP_11;
+        let cases = [
+            // The built-in public host, moved upstream or not.
+            (
+                Method::CONNECT,
+                "api.openai.com:443",
+                "intercept:openai:api.openai.com",
+                "intercept:openai:api.openai.com",
+            ),
+            (
+                Method::CONNECT,
+                "API.Anthropic.com.:443",
+                "intercept:anthropic:api.anthropic.com",
+                "intercept:anthropic:api.anthropic.com",
+            ),
+            // `hosts` are names on the default port; an upstream is its host and port.
+            (
+                Method::CONNECT,
+                "api.openai.com:8443",
+                "host_not_metered",
+                "passthrough:api.openai.com:8443",
+            ),
+            (
+                Method::CONNECT,
+                "127.0.0.1:9443",
+                "intercept:openai:127.0.0.1",
+                "intercept:openai:127.0.0.1",
+            ),
+            (
+                Method::CONNECT,
+                "llm.internal:443",
+                "intercept:local:llm.internal",
+                "intercept:local:llm.internal",
+            ),
+            (
+                Method::CONNECT,
+                "evil.example:443",
+                "host_not_metered",
+                "passthrough:evil.example:443",
+            ),
+            // meter itself is never a tunnel's far end.
+            (
+                Method::CONNECT,
+                "127.0.0.1:8787",
+                "not_a_proxy",
+                "not_a_proxy",
+            ),
+            (
+                Method::GET,
+                "http://10.0.0.5:9000/base/v1/models",
+                "host:local",
+                "host:local",
+            ),
+            (
+                Method::GET,
+                "http://llm.internal/v1/models",
+                "host:local",
+                "host:local",
+            ),
+            (
+                Method::GET,
+                "http://127.0.0.1:11434/api/chat",
+                "host:ollama",
+                "host:ollama",
+            ),
+            (
+                Method::GET,
+                "http://10.0.0.5:9001/v1/models",
+                "host_not_metered",
+                "host_not_metered",
+            ),
+            (
+                Method::GET,
+                "http://evil.example/v1",
+                "host_not_metered",
+                "host_not_metered",
+            ),
+            (
+                Method::GET,
+                "http://127.0.0.1:8787/openai/v1",
+                "path",
+                "path",
+            ),
+            (Method::GET, "/openai/v1/models", "path", "path"),
+        ];
+        for (method, uri, want_strict, want_open) in cases {
+            assert_eq!(
+                check(&strict, method.clone(), uri, h1),
+                want_strict,
+                "{uri}"
+            );
+            assert_eq!(
+                check(&open, method, uri, h1),
+                want_open,
+                "{uri} (passthrough)"
+            );
+        }
+        assert_eq!(
+            check(
+                &strict,
+                Method::CONNECT,
+                "api.openai.com:443",
+                Version::HTTP_2
+            ),
+            "connect_needs_http1"
+        );
+        // Inside a tunnel: the whole path is the provider's; a base path is not added twice.
+        let local = strict.providers.get("local").unwrap().clone();
+        let route = |path: &str| strict.route_host(&local, path, None, &HeaderMap::new());
+        assert_eq!(
+            route("/base/v1/chat/completions").unwrap().upstream_path,
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            route("/v1/chat/completions").unwrap().upstream_path,
+            "/v1/chat/completions"
+        );
+        assert_eq!(route("/basement").unwrap().upstream_path, "/basement");
+        assert!(matches!(route("/v1/../x"), Err(RouteError::BadPath(_))));
+        let target = strict
+            .route_host(
+                &local,
+                "/v1/x",
+                None,
+                &headers(&[("x-meter-agent", "bot"), ("authorization", "Bearer hello")]),
+            )
+            .unwrap();
+        assert_eq!(
+            (target.agent.as_str(), target.key_fingerprint.as_deref()),
+            ("bot", Some("2cf24dba5fb0"))
         );
     }
 

@@ -777,3 +777,50 @@ pub async fn call_at(url: String, agent: String, body: String) -> (u16, http::He
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
     (status, headers, json)
 }
+
+/// Sends `CONNECT authority` to meter (forward-proxy mode) and returns the status and the
+/// connection after the response head (the tunnel, when the status is 200).
+pub async fn proxy_connect(proxy: SocketAddr, authority: &str) -> (u16, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Byte by byte up to the blank line: whatever follows belongs to the tunnel.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, stream)
+}
+
+/// TLS to `name` through `tunnel`, trusting only `ca` and offering `alpn`.
+pub async fn tls_client(
+    tunnel: tokio::net::TcpStream,
+    name: &str,
+    ca: &Path,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tunnel)
+        .await
+}
