@@ -124,7 +124,12 @@ pub fn rollup_columns() -> Vec<&'static str> {
 /// Adds one group of rows to the rollup: parameters hour, agent, provider, model, route, then
 /// one per figure of [`rollup_columns`]. What the insert trigger does row by row, for a writer
 /// that sums a batch first.
-pub fn rollup_upsert_sql() -> String {
+pub fn rollup_upsert_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(build_rollup_upsert_sql);
+    &SQL
+}
+
+fn build_rollup_upsert_sql() -> String {
     let columns = rollup_columns();
     let params: Vec<String> = (6..6 + columns.len()).map(|i| format!("?{i}")).collect();
     let updates: Vec<String> = columns
@@ -242,10 +247,10 @@ const FAILED_CALLS_MIGRATION: &str = r#"
 /// v7: fleets. Every record written to a shared ledger carries an idempotency key, made once
 /// when the record enters the writer, so a batch retried after a timeout (or replayed from the
 /// spill journal) is inserted once. Rows written by a SQLite meter have none (NULL: never a
-/// conflict).
+/// conflict), and the index is partial so that they cost it nothing.
 const RECORD_KEY_MIGRATION: &str = r#"
     ALTER TABLE usage ADD COLUMN record_key TEXT;
-    CREATE UNIQUE INDEX usage_record_key ON usage (record_key);
+    CREATE UNIQUE INDEX usage_record_key ON usage (record_key) WHERE record_key IS NOT NULL;
 "#;
 
 /// Every migration, in order, in SQLite's spelling.

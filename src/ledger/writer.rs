@@ -676,7 +676,7 @@ fn write_batch(
         }
     }
     if rollup == Rollup::Writer {
-        let mut upsert = tx.prepare_cached(&schema::rollup_upsert_sql())?;
+        let mut upsert = tx.prepare_cached(schema::rollup_upsert_sql())?;
         for ((hour, agent, provider, model, route), figures) in rollup_sums(batch, &stamps) {
             let mut values: Vec<&dyn rusqlite::ToSql> =
                 vec![&hour, &agent, &provider, &model, &route];
