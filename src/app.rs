@@ -93,6 +93,13 @@ pub async fn run_at(
     // Before /metrics serves: the counters continue from the ledger across restarts. Not on a
     // shared ledger: each meter's counters count its own calls (Prometheus sums the
     // instances and takes restarts in its stride), or a fleet would count every call N times.
+    metrics.set_instance(
+        &config.server.instance,
+        match conn.backend() {
+            crate::ledger::db::Backend::Sqlite => "sqlite",
+            crate::ledger::db::Backend::Postgres => "postgres",
+        },
+    );
     if conn.backend() == crate::ledger::db::Backend::Sqlite {
         let totals = crate::ledger::query::seed_totals(&mut conn).with_context(|| {
             format!(

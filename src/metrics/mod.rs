@@ -100,6 +100,8 @@ pub struct Metrics {
     pub alert_failures_total: IntCounterVec,
     pub client_connections: IntGauge,
     pub client_timeouts_total: IntCounter,
+    /// `meter_instance_info{instance_id, ledger}`: which meter this is (see [`Metrics::set_instance`]).
+    instance_info: IntGaugeVec,
 }
 
 /// The `kind` label of the alert counters.
@@ -150,6 +152,14 @@ impl Metrics {
         registry.register(Box::new(blocked_requests_total.clone()))?;
         registry.register(Box::new(label_overflow_total.clone()))?;
         registry.register(Box::new(build_info))?;
+        let instance_info = IntGaugeVec::new(
+            Opts::new(
+                "meter_instance_info",
+                "Which meter this is: instance_id is server.instance (default: the host name), ledger is sqlite or postgres (postgres: a ledger shared by a fleet, whose counters start at zero at each start); always 1. Join on (job, instance) to name the scrape target.",
+            ),
+            &["instance_id", "ledger"],
+        )?;
+        registry.register(Box::new(instance_info.clone()))?;
         let requests_total = IntCounterVec::new(
             Opts::new(
                 "meter_requests_total",
@@ -291,7 +301,17 @@ impl Metrics {
             alert_failures_total,
             client_connections,
             client_timeouts_total,
+            instance_info,
         })
+    }
+
+    /// Names this meter: `meter_instance_info{instance_id, ledger} 1` (one series; a second
+    /// call replaces it).
+    pub fn set_instance(&self, instance_id: &str, ledger: &str) {
+        self.instance_info.reset();
+        self.instance_info
+            .with_label_values(&[instance_id, ledger])
+            .set(1);
     }
 
     /// Counts one finished call.
