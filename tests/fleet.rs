@@ -472,6 +472,80 @@ async fn an_enforced_budget_crossed_on_several_hosts_is_enforced_by_every_host()
     );
 }
 
+/// A meter started while its PostgreSQL ledger is down serves at once: calls pass, records
+/// queue and spill to the journal; when PostgreSQL comes up the meter creates the schema,
+/// replays everything once, and its budget reads the ledger (another meter's calls included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_meter_started_while_postgres_is_down_serves_and_catches_up() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let upstream = FakeProvider::start(answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{PRICES}\n[[budget]]\nname = \"fleet-monthly\"\nperiod = \"month\"\nlimit_usd = 1000.0\n"
+    );
+    // Another meter writes $20 first (and creates the schema): the late one must see it.
+    let mut other = Instance::start_with_store(
+        &dir.path().join("b.db"),
+        &store_toml(&pg, dir.path(), "b", ""),
+        &upstream.url(),
+        &extra,
+        Clock::system(),
+    )
+    .await;
+    load(&other, "b", 10, 4).await;
+    wait_scalar(
+        &url,
+        "SELECT count(*) FROM usage",
+        10,
+        Duration::from_secs(20),
+    )
+    .await;
+    other.stop().await;
+    pg.stop();
+    let started = Instant::now();
+    let mut meter = Instance::start_with_store(
+        &dir.path().join("a.db"),
+        &store_toml(&pg, dir.path(), "a", "queue_limit = 20"),
+        &upstream.url(),
+        &extra,
+        Clock::system(),
+    )
+    .await;
+    load(&meter, "a", 60, 4).await;
+    let served = started.elapsed();
+    assert!(served < Duration::from_secs(20), "60 calls took {served:?}");
+    let spilled = meter
+        .wait_sample("meter_ledger_journal_records", |v| v > 0.0)
+        .await;
+    println!(
+        "started with PostgreSQL down: 60 calls served in {served:?}, {spilled} records in the journal"
+    );
+    pg.start_server();
+    wait_scalar(
+        &url,
+        "SELECT count(*) FROM usage",
+        70,
+        Duration::from_secs(60),
+    )
+    .await;
+    meter
+        .wait_sample("meter_ledger_journal_records", |v| v == 0.0)
+        .await;
+    // The fleet's spend: 70 calls of $2.
+    let series = "meter_budget_spend_usd{budget=\"fleet-monthly\"}";
+    meter
+        .wait_sample(series, |v| (v - 140.0).abs() < 1e-6)
+        .await;
+    meter.stop().await;
+    assert_eq!(scalar(&url, "SELECT count(*) FROM usage"), 70);
+    assert_eq!(
+        scalar(&url, "SELECT count(DISTINCT record_key) FROM usage"),
+        70
+    );
+    assert_eq!(scalar(&url, "SELECT sum(requests) FROM usage_hourly"), 70);
+}
+
 /// `meter ledger migrate --to` copies a SQLite ledger row for row, and a second run copies
 /// nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -641,8 +715,26 @@ async fn review_prices_check_and_reprice_on_postgres_match_sqlite() {
         all.extend_from_slice(args);
         meter_cli(dir.path(), &all)
     };
+    // Output is compared whole, but for how long a command took ("... in 0.1s").
+    let untimed = |text: String| -> String {
+        text.lines()
+            .map(|line| match line.rsplit_once(" in ") {
+                Some((head, tail))
+                    if tail
+                        .strip_suffix('s')
+                        .is_some_and(|t| t.parse::<f64>().is_ok()) =>
+                {
+                    format!("{head}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect()
+    };
     let both = |args: &[&str]| {
-        let (sqlite, postgres) = (run("sqlite.toml", args), run("pg.toml", args));
+        let (sqlite, postgres) = (
+            untimed(run("sqlite.toml", args)),
+            untimed(run("pg.toml", args)),
+        );
         assert_eq!(
             sqlite, postgres,
             "meter {args:?}: SQLite and PostgreSQL differ"
