@@ -80,10 +80,16 @@ pub async fn run_at(
     let open = move || -> Result<_, crate::ledger::writer::LedgerError> {
         let opened = writer::open(&store_config, writer_metrics, writer_pricer, writer_budgets)?;
         let store = writer::store(&store_config)?;
-        let conn = store.open()?;
+        // A PostgreSQL ledger unreachable at start: the writer journals, the alerter connects
+        // when it can.
+        let conn = match store.open() {
+            Ok(conn) => Some(conn),
+            Err(err) if writer::is_unreachable(&err) => None,
+            Err(err) => return Err(err),
+        };
         Ok((opened, store, conn))
     };
-    let ((recorder, writer), store, mut conn) = if config.store.url.is_some() {
+    let ((recorder, writer), store, conn) = if config.store.url.is_some() {
         tokio::task::spawn_blocking(open)
             .await
             .context("opening the ledger")??
@@ -93,8 +99,20 @@ pub async fn run_at(
     // Before /metrics serves: the counters continue from the ledger across restarts. Not on a
     // shared ledger: each meter's counters count its own calls (Prometheus sums the
     // instances and takes restarts in its stride), or a fleet would count every call N times.
-    if conn.backend() == crate::ledger::db::Backend::Sqlite {
-        let totals = crate::ledger::query::seed_totals(&mut conn).with_context(|| {
+    metrics.set_instance(
+        &config.server.instance,
+        if config.store.url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+    );
+    let mut conn = conn;
+    if let Some(conn) = conn
+        .as_mut()
+        .filter(|c| c.backend() == crate::ledger::db::Backend::Sqlite)
+    {
+        let totals = crate::ledger::query::seed_totals(conn).with_context(|| {
             format!(
                 "reading the ledger's totals from {}",
                 config.store.path.display()

@@ -45,6 +45,8 @@ const CONTRACT: &[(&str, &[&str])] = &[
     ("meter_alert_failures_total", &["kind"]),
     ("meter_label_overflow_total", &["label"]),
     ("meter_build_info", &["version"]),
+    ("meter_instance_info", &["instance_id", "ledger"]),
+    ("meter_ledger_journal_records", &[]),
 ];
 
 /// The histograms of the contract: their series are `_bucket`, `_sum` and `_count`.

@@ -27,6 +27,8 @@ const METRICS: &[&str] = &[
     "meter_alert_failures_total",
     "meter_label_overflow_total",
     "meter_build_info",
+    "meter_instance_info",
+    "meter_ledger_journal_records",
 ];
 
 /// The histograms, whose series are named `<name>_bucket`, `<name>_sum` and `<name>_count`.

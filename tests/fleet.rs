@@ -356,6 +356,196 @@ async fn one_threshold_crossed_from_three_hosts_sends_one_email() {
     }
 }
 
+/// Like [`answer`], but the response names the model asked for: a model without a price then
+/// stays unpriced (the ledger's `model` is what the response reports).
+fn echo_model(request: &Received) -> FakeResponse {
+    let asked: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+    let model = asked["model"].as_str().unwrap_or("test-model");
+    FakeResponse::json(
+        200,
+        format!(
+            r#"{{"id":"chatcmpl-1","object":"chat.completion","model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":1000,"completion_tokens":1000,"total_tokens":2000}}}}"#
+        ),
+    )
+}
+
+/// A call to a model without a price: it costs the budget nothing, and an enforced budget
+/// refuses it once spent (`unpriced = "allow"` only lets it through while under the limit), so
+/// it tells whether a meter enforces without moving the spend.
+const PROBE: &str =
+    r#"{"model":"probe-unpriced","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// An enforced budget crossed by calls through three meters on one PostgreSQL ledger: the meter
+/// that makes the crossing call refuses at once, the other two within the stated staleness
+/// bound (one commit interval plus one `refresh_secs`), and paid calls never overspend it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enforced_budget_crossed_on_several_hosts_is_enforced_by_every_host() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let upstream = FakeProvider::start(echo_model).await;
+    let dir = tempfile::tempdir().unwrap();
+    // $20 a month, enforced: ten calls of $2.
+    let extra = format!(
+        "{PRICES}\n[[budget]]\nname = \"fleet-cap\"\nperiod = \"month\"\nlimit_usd = 20.0\nenforce = true\n"
+    );
+    let mut meters = Vec::new();
+    for name in ["a", "b", "c"] {
+        meters.push(
+            Instance::start_with_store(
+                &dir.path().join(format!("{name}.db")),
+                &store_toml(&pg, dir.path(), name, ""),
+                &upstream.url(),
+                &extra,
+                Clock::system(),
+            )
+            .await,
+        );
+    }
+    let chat = meters.iter().map(|m| m.url("/openai/v1/chat/completions"));
+    let chat: Vec<String> = chat.collect();
+    // $18 spread over the three hosts (3 calls each, at once): none has spent more than $6.
+    let loads: Vec<_> = meters
+        .iter()
+        .enumerate()
+        .map(|(i, meter)| load(meter, ["a", "b", "c"][i], 3, 3))
+        .collect();
+    futures_join(loads).await;
+    // Every meter has read the others' calls and still lets calls through.
+    let series = "meter_budget_spend_usd{budget=\"fleet-cap\"}";
+    for (meter, url) in meters.iter().zip(&chat) {
+        meter.wait_sample(series, |v| (v - 18.0).abs() < 1e-6).await;
+        let (status, ..) = call_at(url.clone(), "probe".into(), PROBE.into()).await;
+        assert_eq!(status, 200, "a meter under the limit refused");
+    }
+    // The crossing call, on a: $20 of $20. a refuses the next call at once.
+    let (status, ..) = call_at(chat[0].clone(), "a".into(), CHAT.into()).await;
+    assert_eq!(status, 200);
+    let crossed = Instant::now();
+    let (status, _, body) = call_at(chat[0].clone(), "a".into(), PROBE.into()).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    // b and c: probed every 20 ms until they refuse.
+    let mut lags = Vec::new();
+    for url in &chat[1..] {
+        loop {
+            let (status, _, body) = call_at(url.clone(), "probe".into(), PROBE.into()).await;
+            if status == 429 {
+                assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+                lags.push(crossed.elapsed());
+                break;
+            }
+            assert_eq!(status, 200);
+            assert!(
+                crossed.elapsed() < Duration::from_secs(10),
+                "still admitting calls 10 s after the budget was spent"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "enforcement across hosts: b and c refuse {lags:?} after the crossing call on a (refresh_secs = 1, commit interval 100 ms)"
+    );
+    // The stated bound: one commit interval plus one refresh, plus scheduling.
+    let worst = lags.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < Duration::from_millis(100 + 1_000 + 1_500),
+        "{lags:?}"
+    );
+    // Paid calls are refused everywhere now, and the ledger never went over the limit.
+    for url in &chat {
+        let (status, ..) = call_at(url.clone(), "late".into(), CHAT.into()).await;
+        assert_eq!(status, 429);
+    }
+    for meter in &mut meters {
+        meter.stop().await;
+    }
+    assert_eq!(
+        scalar(&url, "SELECT sum(cost_nanos) FROM usage"),
+        20_000_000_000
+    );
+    assert_eq!(
+        scalar(
+            &url,
+            "SELECT count(*) FROM usage WHERE blocked_by IS NOT NULL AND agent = 'late'"
+        ),
+        3
+    );
+}
+
+/// A meter started while its PostgreSQL ledger is down serves at once: calls pass, records
+/// queue and spill to the journal; when PostgreSQL comes up the meter creates the schema,
+/// replays everything once, and its budget reads the ledger (another meter's calls included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_meter_started_while_postgres_is_down_serves_and_catches_up() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let upstream = FakeProvider::start(answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{PRICES}\n[[budget]]\nname = \"fleet-monthly\"\nperiod = \"month\"\nlimit_usd = 1000.0\n"
+    );
+    // Another meter writes $20 first (and creates the schema): the late one must see it.
+    let mut other = Instance::start_with_store(
+        &dir.path().join("b.db"),
+        &store_toml(&pg, dir.path(), "b", ""),
+        &upstream.url(),
+        &extra,
+        Clock::system(),
+    )
+    .await;
+    load(&other, "b", 10, 4).await;
+    wait_scalar(
+        &url,
+        "SELECT count(*) FROM usage",
+        10,
+        Duration::from_secs(20),
+    )
+    .await;
+    other.stop().await;
+    pg.stop();
+    let started = Instant::now();
+    let mut meter = Instance::start_with_store(
+        &dir.path().join("a.db"),
+        &store_toml(&pg, dir.path(), "a", "queue_limit = 20"),
+        &upstream.url(),
+        &extra,
+        Clock::system(),
+    )
+    .await;
+    load(&meter, "a", 60, 4).await;
+    let served = started.elapsed();
+    assert!(served < Duration::from_secs(20), "60 calls took {served:?}");
+    let spilled = meter
+        .wait_sample("meter_ledger_journal_records", |v| v > 0.0)
+        .await;
+    println!(
+        "started with PostgreSQL down: 60 calls served in {served:?}, {spilled} records in the journal"
+    );
+    pg.start_server();
+    wait_scalar(
+        &url,
+        "SELECT count(*) FROM usage",
+        70,
+        Duration::from_secs(60),
+    )
+    .await;
+    meter
+        .wait_sample("meter_ledger_journal_records", |v| v == 0.0)
+        .await;
+    // The fleet's spend: 70 calls of $2.
+    let series = "meter_budget_spend_usd{budget=\"fleet-monthly\"}";
+    meter
+        .wait_sample(series, |v| (v - 140.0).abs() < 1e-6)
+        .await;
+    meter.stop().await;
+    assert_eq!(scalar(&url, "SELECT count(*) FROM usage"), 70);
+    assert_eq!(
+        scalar(&url, "SELECT count(DISTINCT record_key) FROM usage"),
+        70
+    );
+    assert_eq!(scalar(&url, "SELECT sum(requests) FROM usage_hourly"), 70);
+}
+
 /// `meter ledger migrate --to` copies a SQLite ledger row for row, and a second run copies
 /// nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -441,4 +631,215 @@ async fn futures_join<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
         }
     })
     .await
+}
+
+/// Runs the real `meter` binary in `dir` (no `METER_CONFIG`); its stdout, after it succeeded.
+fn meter_cli(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meter"))
+        .args(args)
+        .env_remove("METER_CONFIG")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meter {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `meter review`, `meter prices check`, `meter reprice` and `meter report` through the real
+/// binary on a PostgreSQL ledger print what they print on the SQLite ledger it was migrated
+/// from, and reprice changes both alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn review_prices_check_and_reprice_on_postgres_match_sqlite() {
+    let pg = Postgres::start();
+    let upstream = FakeProvider::start(echo_model).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("meter.db");
+    let providers = format!(
+        "[[provider]]\nname = \"openrouter\"\nupstream = \"{}\"\nmarkup = 0.05\n",
+        upstream.url()
+    );
+    let mut meter = Instance::start(
+        &db,
+        &upstream.url(),
+        &format!("{PRICES}\n{providers}"),
+        Clock::system(),
+    )
+    .await;
+    for (path, agent, model, n) in [
+        ("/openai/v1/chat/completions", "coder", "test-model", 5),
+        ("/openrouter/v1/chat/completions", "coder", "test-model", 3),
+        ("/openrouter/v1/chat/completions", "writer", "test-mini", 2),
+        ("/openai/v1/chat/completions", "writer", "mystery-1", 2),
+        ("/anthropic/v1/chat/completions", "writer", "unknown-2", 1),
+    ] {
+        let body = format!(
+            r#"{{"model":"{model}","max_tokens":1000,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        for _ in 0..n {
+            let (status, ..) = meter.call(path, agent, &body).await;
+            assert_eq!(status, 200);
+        }
+    }
+    meter.stop().await;
+    let db_arg = db.to_str().unwrap();
+    let migrated = meter_cli(
+        dir.path(),
+        &["--db", db_arg, "ledger", "migrate", "--to", &pg.url()],
+    );
+    assert!(migrated.contains("13 copied"), "{migrated}");
+    // One config per backend, the same prices and providers.
+    let write_configs = |prices: &str| {
+        let common = format!("{prices}\n{providers}");
+        std::fs::write(
+            dir.path().join("sqlite.toml"),
+            format!("[store]\npath = {db:?}\n\n{common}"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("pg.toml"),
+            format!(
+                "[store]\nurl = {:?}\njournal = {:?}\n\n{common}",
+                pg.url(),
+                dir.path().join("cli-journal.db")
+            ),
+        )
+        .unwrap();
+    };
+    write_configs(PRICES);
+    let run = |config: &str, args: &[&str]| {
+        let mut all = vec!["--config", config];
+        all.extend_from_slice(args);
+        meter_cli(dir.path(), &all)
+    };
+    // Output is compared whole, but for how long a command took ("... in 0.1s").
+    let untimed = |text: String| -> String {
+        text.lines()
+            .map(|line| match line.rsplit_once(" in ") {
+                Some((head, tail))
+                    if tail
+                        .strip_suffix('s')
+                        .is_some_and(|t| t.parse::<f64>().is_ok()) =>
+                {
+                    format!("{head}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect()
+    };
+    let both = |args: &[&str]| {
+        let (sqlite, postgres) = (
+            untimed(run("sqlite.toml", args)),
+            untimed(run("pg.toml", args)),
+        );
+        assert_eq!(
+            sqlite, postgres,
+            "meter {args:?}: SQLite and PostgreSQL differ"
+        );
+        sqlite
+    };
+    let today = chrono::Utc::now().date_naive();
+    let since = today.pred_opt().unwrap().to_string();
+    let until = today.succ_opt().unwrap().to_string();
+    // The report, on both: the same but for the forecast, which projects to the instant each
+    // command ran.
+    let report = |label: &str| -> serde_json::Value {
+        let args = [
+            "report",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--by",
+            "agent,provider,model",
+            "--format",
+            "json",
+        ];
+        let parse = |config: &str| {
+            let text = run(config, &args);
+            let mut json: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{label}: {e}: {text}"));
+            assert!(json["forecast_usd"].as_f64().is_some(), "{text}");
+            json["forecast_usd"] = serde_json::Value::Null;
+            json
+        };
+        let sqlite = parse("sqlite.toml");
+        assert_eq!(
+            sqlite,
+            parse("pg.toml"),
+            "{label}: SQLite and PostgreSQL differ"
+        );
+        sqlite
+    };
+    let before = report("before");
+    assert_eq!(before["totals"]["requests"], 13);
+    assert_eq!(before["totals"]["unpriced_requests"], 3);
+    // The review (every format) and the unpriced models.
+    for format in ["json", "table", "markdown", "csv"] {
+        let review = both(&["review", "--format", format]);
+        assert!(!review.trim().is_empty());
+    }
+    let review: serde_json::Value =
+        serde_json::from_str(&both(&["review", "--format", "json"])).unwrap();
+    // It rests on the whole ledger: the router's traffic, its markup, the unpriced models.
+    assert_eq!(review["calls"], 13, "{review}");
+    assert_eq!(review["spend_by_route"]["router"], 10.5, "{review}");
+    let findings = review["findings"].as_array().unwrap();
+    let markup: f64 = findings
+        .iter()
+        .filter(|f| f["kind"] == "router_markup")
+        .map(|f| f["usd"].as_f64().unwrap())
+        .sum();
+    assert!((markup - 0.5).abs() < 1e-9, "{review}");
+    assert_eq!(
+        findings
+            .iter()
+            .filter(|f| f["kind"] == "unread_or_unpriced")
+            .count(),
+        2,
+        "{review}"
+    );
+    let check = both(&["prices", "check"]);
+    assert!(
+        check.contains("mystery-1") && check.contains("unknown-2"),
+        "{check}"
+    );
+    // New prices: output at $3,000 per 1M instead of $2,000. A dry run changes nothing.
+    write_configs(&PRICES.replace("output = 2000.0", "output = 3000.0"));
+    let dry = both(&["reprice", "--since", "2020-01-01", "--dry-run"]);
+    assert!(!dry.trim().is_empty());
+    assert_eq!(report("dry run")["totals"], before["totals"]);
+    let repriced = both(&["reprice", "--since", "2020-01-01"]);
+    assert!(!repriced.trim().is_empty());
+    let after = report("after");
+    let cost = |r: &serde_json::Value| r["totals"]["cost_usd"].as_f64().unwrap();
+    assert!(cost(&before) > 0.0);
+    // Every priced call's cost is its output at the output price (input is free): x1.5.
+    assert!(
+        (cost(&after) - cost(&before) * 1.5).abs() < 1e-6,
+        "{} then {}",
+        cost(&before),
+        cost(&after)
+    );
+    // And the rows agree, row for row, on both backends.
+    let select = "SELECT agent, provider, model, cost_nanos, table_cost_nanos, price_id FROM usage ORDER BY id";
+    let mut sqlite = Db::Sqlite(rusqlite::Connection::open(&db).unwrap());
+    let from_sqlite: Vec<String> = sqlite
+        .query(select, &[])
+        .unwrap()
+        .iter()
+        .map(|r| format!("{:?}", r.values()))
+        .collect();
+    let from_postgres: Vec<String> = on_postgres(&pg.url(), move |db| {
+        db.query(select, &[])
+            .unwrap()
+            .iter()
+            .map(|r| format!("{:?}", r.values()))
+            .collect()
+    });
+    assert_eq!(from_sqlite.len(), 13);
+    assert_eq!(from_sqlite, from_postgres);
 }

@@ -1,7 +1,9 @@
 //! The shipped dashboards and alert rules against a real Prometheus (Debian's `prometheus`)
 //! scraping a real meter: traffic of every kind goes through meter, Prometheus scrapes it, and
 //! every PromQL expression in every dashboard panel and every alert rule is evaluated over the
-//! HTTP API: each must parse, and each panel must return data.
+//! HTTP API: each must parse, and each panel must return data. Then a fleet: three meters on one
+//! PostgreSQL ledger (tests/support/postgres.rs), where the panels must count each call and
+//! each budget once.
 #![allow(clippy::unwrap_used)]
 
 #[path = "support/smtp.rs"]
@@ -487,4 +489,213 @@ async fn every_dashboard_panel_and_alert_rule_works_against_real_prometheus() {
     );
     meter.stop().await;
     other.stop().await;
+}
+
+/// Every dashboard panel's queries (substituted as Grafana would with "All" selected).
+fn dashboard_queries() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (title, exprs) in panels(&dashboard) {
+            for expr in exprs {
+                out.push((title.clone(), substitute(&expr)));
+            }
+        }
+    }
+    out
+}
+
+/// An instant query's samples: (labels, value).
+fn samples(prometheus: &Prometheus, expr: &str) -> Vec<(Value, f64)> {
+    let answer = prometheus.query(expr);
+    assert_eq!(answer["status"], "success", "{expr}\n{answer}");
+    answer["data"]["result"]
+        .as_array()
+        .map(|result| {
+            result
+                .iter()
+                .map(|s| {
+                    let value = s["value"][1].as_str().unwrap().parse::<f64>().unwrap();
+                    (s["metric"].clone(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until `expr`'s one sample is `want`.
+fn wait_value(prometheus: &Prometheus, expr: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = samples(prometheus, expr);
+        if got.len() == 1 && (got[0].1 - want).abs() <= want.abs() * 1e-9 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{expr}: {got:?}, not {want}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Three meters on one PostgreSQL ledger, scraped by one Prometheus, as a fleet is: summing the
+/// instances' counters counts each call once (each meter counts only its own calls), every
+/// budget panel shows the ledger's figure once (not once per meter), and `meter_instance_info`
+/// names each scrape target by its `server.instance`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_one_postgres_ledger_is_counted_once() {
+    let pg = support::postgres::Postgres::start();
+    let upstream = FakeProvider::start(answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[[price]]\nprovider = \"*\"\nmodel = \"m-*\"\neffective = \"2020-01-01\"\ninput = 2.0\noutput = 8.0\ncache_read = 0.5\n\n\
+                 [[budget]]\nname = \"fleet\"\nperiod = \"month\"\nlimit_usd = 1000.0\n";
+    let names = ["host-a", "host-b", "host-c"];
+    let mut meters = Vec::new();
+    for name in names {
+        let store = format!(
+            "url = {:?}\njournal = {:?}",
+            pg.url(),
+            dir.path().join(format!("{name}-journal.db"))
+        );
+        meters.push(
+            Instance::start_configured(
+                &dir.path().join(format!("{name}.db")),
+                &format!("instance = {name:?}"),
+                &store,
+                &upstream.url(),
+                extra,
+                Clock::system(),
+            )
+            .await,
+        );
+    }
+    let targets: Vec<_> = meters.iter().map(|m| m.metrics).collect();
+    let prometheus = Prometheus::start(&targets);
+    // 2, 3 and 4 calls; two models so that there are several series per instance.
+    let calls = [2usize, 3, 4];
+    for (meter, n) in meters.iter().zip(calls) {
+        for i in 0..n {
+            let model = if i % 2 == 0 { "m-1" } else { "m-2" };
+            let body =
+                format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+            let (status, ..) = meter
+                .call("/openai/v1/chat/completions", "coder", &body)
+                .await;
+            assert_eq!(status, 200);
+        }
+    }
+    let total: usize = calls.iter().sum();
+    // What the shared ledger holds.
+    let (rows, cost_nanos) = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = pg.url();
+            let (rows, cost): (i64, i64) = tokio::task::spawn_blocking(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let row = client
+                    .query_one(
+                        "SELECT count(*), coalesce(sum(cost_nanos), 0)::bigint FROM usage",
+                        &[],
+                    )
+                    .unwrap();
+                (row.get(0), row.get(1))
+            })
+            .await
+            .unwrap();
+            if rows == total as i64 {
+                break (rows, cost);
+            }
+            assert!(Instant::now() < deadline, "{rows} rows, not {total}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let spend = cost_nanos as f64 / 1e9;
+    assert!(spend > 0.0);
+    // Counters: the sum over instances is the ledger's count and cost.
+    wait_value(&prometheus, "sum(meter_requests_total)", rows as f64);
+    wait_value(&prometheus, "sum(meter_cost_usd_total)", spend);
+    // Budget gauges: every meter reports the fleet's spend, read from the shared ledger.
+    wait_value(
+        &prometheus,
+        r#"min(meter_budget_spend_usd{budget="fleet"})"#,
+        spend,
+    );
+    wait_value(
+        &prometheus,
+        r#"count(meter_budget_spend_usd{budget="fleet"})"#,
+        3.0,
+    );
+    // Each instance by its name: its own calls.
+    let per_instance = samples(
+        &prometheus,
+        "sum by (instance_id, ledger) (meter_requests_total * on (job, instance) group_left (instance_id, ledger) meter_instance_info)",
+    );
+    let mut seen: Vec<(String, String, f64)> = per_instance
+        .iter()
+        .map(|(labels, v)| {
+            (
+                labels["instance_id"].as_str().unwrap().to_string(),
+                labels["ledger"].as_str().unwrap().to_string(),
+                *v,
+            )
+        })
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(String, String, f64)> = names
+        .iter()
+        .zip(calls)
+        .map(|(n, c)| (n.to_string(), "postgres".to_string(), c as f64))
+        .collect();
+    assert_eq!(seen, want);
+    // Every dashboard query on the budget gauges shows the ledger's spend (or its share of the
+    // limit) once; summing the instances would show three times it.
+    let mut budget_queries = 0;
+    for (title, query) in dashboard_queries() {
+        if !query.contains("meter_budget_spend_usd") {
+            continue;
+        }
+        budget_queries += 1;
+        let result = samples(&prometheus, &query);
+        let fleet: Vec<f64> = result
+            .iter()
+            .filter(|(labels, _)| labels["budget"] == "fleet")
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(fleet.len(), 1, "{title}: {query}: {result:?}");
+        let ok = [spend, spend / 1000.0]
+            .iter()
+            .any(|want| (fleet[0] - want).abs() <= want * 1e-9);
+        assert!(ok, "{title}: {query}: {} (the ledger: {spend})", fleet[0]);
+    }
+    assert!(budget_queries >= 3, "{budget_queries} budget queries");
+    // Every per-instance panel names the three meters by their server.instance.
+    let mut instance_queries = 0;
+    for (title, query) in dashboard_queries() {
+        if !query.contains("meter_instance_info") {
+            continue;
+        }
+        instance_queries += 1;
+        // Rates need two scrapes of every target: wait for them (bounded).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ids: Vec<String> = samples(&prometheus, &query)
+                .iter()
+                .map(|(labels, _)| labels["instance_id"].as_str().unwrap_or("").to_string())
+                .collect();
+            ids.sort();
+            if ids == names {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{title}: {query}: {ids:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(instance_queries >= 3, "{instance_queries} instance queries");
+    drop(prometheus);
+    for meter in &mut meters {
+        meter.stop().await;
+    }
 }

@@ -49,8 +49,10 @@ pub struct Alerter {
 }
 
 impl Alerter {
+    /// `conn`: the ledger connection to start with; `None` (a PostgreSQL ledger unreachable at
+    /// start) opens one from `store` at the first use.
     pub fn new(
-        conn: Db,
+        conn: Option<Db>,
         store: crate::ledger::db::Store,
         budgets: Arc<Budgets>,
         weekly: Option<WeeklyConfig>,
@@ -63,7 +65,7 @@ impl Alerter {
         }
         let clock = budgets.clock();
         Alerter {
-            conn: Arc::new(Mutex::new(Some(conn))),
+            conn: Arc::new(Mutex::new(conn)),
             store,
             tz: budgets.timezone(),
             budgets,

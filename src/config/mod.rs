@@ -219,6 +219,9 @@ pub struct ServerConfig {
     /// How long a client connection may go without sending complete request headers (slow or
     /// silent clients, idle keep-alive and HTTP/2 connections) before it is closed.
     pub header_read_timeout: Duration,
+    /// This meter's name in a fleet: the `instance_id` label of `meter_instance_info`
+    /// (`server.instance`; empty in the file: the host name).
+    pub instance: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -501,6 +504,7 @@ struct RawServer {
     max_connections: usize,
     worker_threads: usize,
     header_read_timeout_secs: u64,
+    instance: String,
 }
 
 impl Default for RawServer {
@@ -515,6 +519,7 @@ impl Default for RawServer {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             worker_threads: 0,
             header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            instance: String::new(),
         }
     }
 }
@@ -809,6 +814,31 @@ pub(crate) fn bounded_secs(key: &str, secs: u64) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// The longest `server.instance` (a label value, shown on dashboards and in alerts).
+pub const MAX_INSTANCE_LEN: usize = 128;
+
+/// `server.instance`: empty means the host name; otherwise printable text without spaces or
+/// quotes, at most [`MAX_INSTANCE_LEN`] bytes (it becomes a label value and a legend).
+fn instance_name(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(crate::ledger::postgres::hostname());
+    }
+    if value.len() > MAX_INSTANCE_LEN {
+        return Err(format!(
+            "server.instance: longer than {MAX_INSTANCE_LEN} bytes"
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || matches!(c, '"' | '\\'))
+    {
+        return Err(format!(
+            "server.instance: {value:?} contains {bad:?} (expected a name such as \"agents-eu-1\")"
+        ));
+    }
+    Ok(value.to_string())
+}
+
 impl RawConfig {
     fn validate(self, base: &Path) -> Result<Config, String> {
         let timezone: chrono_tz::Tz = self.timezone.parse().map_err(|_| {
@@ -833,6 +863,7 @@ impl RawConfig {
                 "server.header_read_timeout_secs",
                 self.server.header_read_timeout_secs,
             )?,
+            instance: instance_name(&self.server.instance)?,
         };
         if server.worker_threads > 1024 {
             return Err(format!(
@@ -1218,6 +1249,8 @@ worker_threads = 0                       # threads serving calls; 0: one per CPU
                                          # (keep it under the file descriptor limit, ulimit -n)
 header_read_timeout_secs = {DEFAULT_HEADER_READ_TIMEOUT_SECS}            # a connection without complete request headers for this
                                          # long is closed (slow or silent clients, idle keep-alive)
+instance = ""                            # this meter's name in a fleet (meter_instance_info's
+                                         # instance_id label); "": the host name
 
 [proxy.forward]                          # forward-proxy mode: agents set HTTPS_PROXY=http://<listen>
 enabled = false                          # intercept CONNECT to providers' `hosts` and meter it (needs
@@ -1468,6 +1501,24 @@ mod tests {
         }
         assert!(error_of("[server]\nheader_read_timeout_secs = 0")
             .contains("server.header_read_timeout_secs"));
+    }
+
+    #[test]
+    fn the_instance_name_defaults_to_the_host_name() {
+        let config = Config::from_toml("", "x").unwrap();
+        assert_eq!(config.server.instance, crate::ledger::postgres::hostname());
+        assert!(!config.server.instance.is_empty());
+        let config = Config::from_toml("[server]\ninstance = \"agents-eu-1\"", "x").unwrap();
+        assert_eq!(config.server.instance, "agents-eu-1");
+        for bad in [
+            "a b",
+            "a\\\"b",
+            "tab\\there",
+            &"x".repeat(MAX_INSTANCE_LEN + 1),
+        ] {
+            let error = error_of(&format!("[server]\ninstance = \"{bad}\""));
+            assert!(error.contains("server.instance"), "{bad:?}: {error}");
+        }
     }
 
     #[test]

@@ -314,9 +314,24 @@ pub fn store(config: &StoreConfig) -> Result<Store, LedgerError> {
     }
 }
 
-/// The PostgreSQL writer: like [`open`], but the ledger is shared. The server must be reachable
-/// at start (the schema is checked and the budgets read before the proxy opens); after that an
-/// outage only queues and spills.
+/// Whether opening a PostgreSQL ledger failed because the server could not be reached (as
+/// opposed to a schema it refuses, or a bad URL).
+pub fn is_unreachable(err: &LedgerError) -> bool {
+    matches!(
+        err,
+        LedgerError::Postgres {
+            source: super::db::DbError::Pool(_),
+            ..
+        }
+    )
+}
+
+/// The PostgreSQL writer: like [`open`], but the ledger is shared. When the server answers at
+/// start, the schema is checked and the budgets read before the proxy opens. When it cannot be
+/// reached, meter starts all the same (a sidecar that refuses to start cuts its host's agents
+/// off their providers): records queue and spill to the journal as in any outage, the schema is
+/// checked at the first connection, and budgets count this meter's own calls until their first
+/// read of the ledger. After that an outage only queues and spills.
 fn open_postgres(
     config: &StoreConfig,
     url: &str,
@@ -325,20 +340,33 @@ fn open_postgres(
     budgets: Arc<Budgets>,
 ) -> Result<(Recorder, WriterHandle), LedgerError> {
     let store = postgres_store(config, url)?;
-    let mut db = store.open()?;
     let mut sync = BudgetSync {
         budgets: budgets.clone(),
         refresh: config.refresh,
         last: std::time::Instant::now(),
     };
-    if !budgets.is_empty() {
-        budgets
-            .sync(&mut db)
-            .map_err(|source| LedgerError::Postgres {
-                url: store.describe(),
-                source,
-            })?;
-    }
+    let db = match store.open() {
+        Ok(mut db) => {
+            if !budgets.is_empty() {
+                budgets
+                    .sync(&mut db)
+                    .map_err(|source| LedgerError::Postgres {
+                        url: store.describe(),
+                        source,
+                    })?;
+            }
+            Some(db)
+        }
+        Err(err) if is_unreachable(&err) => {
+            tracing::warn!(error = %err, journal = %config.journal.display(), "PostgreSQL ledger unreachable at start: serving anyway; records wait in memory and the journal until it answers, and budgets count only this meter's calls until then");
+            // Read the budgets at the first connection, not a refresh later.
+            sync.last = std::time::Instant::now()
+                .checked_sub(config.refresh)
+                .unwrap_or_else(std::time::Instant::now);
+            None
+        }
+        Err(err) => return Err(err),
+    };
     let (sender, receiver) = mpsc::channel();
     let stopping = Arc::new(AtomicBool::new(false));
     let writer_stopping = stopping.clone();
@@ -361,7 +389,7 @@ fn open_postgres(
                 &writer_pricer,
                 &mut sync,
                 &writer_stopping,
-                Some(db),
+                db,
             )
         })
         .map_err(LedgerError::Thread)?;

@@ -107,6 +107,8 @@ pub struct Metrics {
     /// Intercepted tunnels whose client TLS handshake failed (a client that does not trust
     /// meter's CA shows up here).
     pub forward_handshake_failures_total: IntCounter,
+    /// `meter_instance_info{instance_id, ledger}`: which meter this is (see [`Metrics::set_instance`]).
+    instance_info: IntGaugeVec,
 }
 
 /// The `kind` label of `meter_forward_tunnels_total`.
@@ -160,6 +162,14 @@ impl Metrics {
         registry.register(Box::new(blocked_requests_total.clone()))?;
         registry.register(Box::new(label_overflow_total.clone()))?;
         registry.register(Box::new(build_info))?;
+        let instance_info = IntGaugeVec::new(
+            Opts::new(
+                "meter_instance_info",
+                "Which meter this is: instance_id is server.instance (default: the host name), ledger is sqlite or postgres (postgres: a ledger shared by a fleet, whose counters start at zero at each start); always 1. Join on (job, instance) to name the scrape target.",
+            ),
+            &["instance_id", "ledger"],
+        )?;
+        registry.register(Box::new(instance_info.clone()))?;
         let requests_total = IntCounterVec::new(
             Opts::new(
                 "meter_requests_total",
@@ -331,7 +341,17 @@ impl Metrics {
             forward_tunnels_total,
             forward_cert_cache_total,
             forward_handshake_failures_total,
+            instance_info,
         })
+    }
+
+    /// Names this meter: `meter_instance_info{instance_id, ledger} 1` (one series; a second
+    /// call replaces it).
+    pub fn set_instance(&self, instance_id: &str, ledger: &str) {
+        self.instance_info.reset();
+        self.instance_info
+            .with_label_values(&[instance_id, ledger])
+            .set(1);
     }
 
     /// Counts one finished call.

@@ -683,8 +683,20 @@ impl Instance {
         extra: &str,
         clock: Clock,
     ) -> Instance {
+        Instance::start_configured(db, "", store_toml, upstream, extra, clock).await
+    }
+
+    /// Like `start_with_store`, with `server_toml` lines added to `[server]` too.
+    pub async fn start_configured(
+        db: &Path,
+        server_toml: &str,
+        store_toml: &str,
+        upstream: &str,
+        extra: &str,
+        clock: Clock,
+    ) -> Instance {
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n{server_toml}\n\n\
              [store]\npath = {db:?}\nrefresh_secs = 1\n{store_toml}\n\n\
              [[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n\
              [[provider]]\nname = \"anthropic\"\nupstream = \"{upstream}\"\n\n\
