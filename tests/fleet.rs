@@ -44,7 +44,7 @@ fn on_postgres<T: Send + 'static>(
 ) -> T {
     let url = url.to_string();
     std::thread::spawn(move || {
-        let pool = meter::ledger::db::postgres_pool(&url, 1, Duration::from_secs(5)).unwrap();
+        let pool = meter::ledger::db::postgres_pool(&url, 1, Duration::from_secs(5), None).unwrap();
         let store = Store::Postgres { pool, display: url };
         let mut db = store.open().unwrap();
         work(&mut db)
@@ -221,6 +221,93 @@ async fn three_meters_on_one_postgres_ledger_agree_with_the_calls_made() {
     for group in groups {
         assert_eq!(group["requests"], PER_METER as i64);
     }
+}
+
+/// `SELECT count(*) FROM usage` over TLS, trusting `ca` (the server takes nothing else).
+fn count_over_tls(url: &str, ca: &Path) -> Result<i64, String> {
+    let (url, ca) = (url.to_string(), ca.to_path_buf());
+    std::thread::spawn(move || {
+        let pool = meter::ledger::db::postgres_pool(&url, 1, Duration::from_secs(5), Some(&ca))
+            .map_err(|err| err.to_string())?;
+        let store = Store::Postgres { pool, display: url };
+        let mut db = store.open().map_err(|err| err.to_string())?;
+        let row = db
+            .query_one("SELECT count(*) FROM usage", &[])
+            .map_err(|err| err.to_string())?;
+        Ok(row.get::<Option<i64>>(0).unwrap().unwrap_or(0))
+    })
+    .join()
+    .unwrap()
+}
+
+/// A ledger that takes TLS connections only. With `sslmode=require` and the server's CA in
+/// `store.ca_file`, meter's records land over TLS; a meter that does not trust that CA refuses
+/// the server (never falls back to plain or unverified) and serves its clients all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_only_postgres_ledger_is_reached_over_verified_tls() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("pg-ca.pem");
+    pg.require_tls(&ca);
+    let url = format!("{}?sslmode=require", pg.url());
+    // The server refuses plain connections, and meter refuses a server it cannot verify.
+    let plain = format!("{}?sslmode=disable", pg.url());
+    assert!(count_over_tls(&plain, &ca).is_err(), "a plain connection");
+    assert_eq!(
+        count_over_tls(&url, &ca),
+        Ok(0),
+        "over TLS, trusting its CA"
+    );
+    let other_ca = dir.path().join("other-ca.pem");
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    assert!(
+        count_over_tls(&url, &other_ca).is_err(),
+        "a certificate from another CA"
+    );
+
+    let upstream = FakeProvider::start(answer).await;
+    let store = |name: &str, extra: &str| {
+        format!(
+            "url = {url:?}\njournal = {:?}\nconnect_timeout_secs = 1\n{extra}",
+            dir.path().join(format!("{name}-journal.db"))
+        )
+    };
+    let mut trusted = Instance::start_with_store(
+        &dir.path().join("a.db"),
+        &store("a", &format!("ca_file = {ca:?}")),
+        &upstream.url(),
+        PRICES,
+        Clock::system(),
+    )
+    .await;
+    load(&trusted, "a", 20, 4).await;
+    let start = Instant::now();
+    while count_over_tls(&url, &ca) != Ok(20) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "records over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    trusted.stop().await;
+
+    let mut untrusting = Instance::start_with_store(
+        &dir.path().join("b.db"),
+        &store("b", ""),
+        &upstream.url(),
+        PRICES,
+        Clock::system(),
+    )
+    .await;
+    load(&untrusting, "b", 10, 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count_over_tls(&url, &ca),
+        Ok(20),
+        "nothing lands unverified"
+    );
+    untrusting.stop().await;
 }
 
 /// PostgreSQL stopped in the middle of the load and started again: clients never notice,

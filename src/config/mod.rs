@@ -249,6 +249,9 @@ pub struct StoreConfig {
     pub journal: PathBuf,
     /// How long connecting to PostgreSQL may take before it counts as down.
     pub connect_timeout: Duration,
+    /// Extra trusted roots (PEM) for the PostgreSQL server's certificate, added to the
+    /// system's: the CA of a managed database or a private one.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -551,6 +554,7 @@ struct RawStore {
     queue_limit: usize,
     journal: String,
     connect_timeout_secs: u64,
+    ca_file: String,
 }
 
 impl Default for RawStore {
@@ -566,6 +570,7 @@ impl Default for RawStore {
             queue_limit: DEFAULT_QUEUE_LIMIT,
             journal: DEFAULT_JOURNAL.to_string(),
             connect_timeout_secs: DEFAULT_PG_CONNECT_TIMEOUT_SECS,
+            ca_file: String::new(),
         }
     }
 }
@@ -957,6 +962,11 @@ impl RawConfig {
                 "store.connect_timeout_secs",
                 self.store.connect_timeout_secs,
             )?,
+            ca_file: match self.store.ca_file.trim() {
+                "" => None,
+                file if Path::new(file).is_file() => Some(PathBuf::from(file)),
+                file => return Err(format!("store.ca_file: {file:?} is not a readable file")),
+            },
         };
         if !self.upstream.ca_file.is_empty() && !Path::new(&self.upstream.ca_file).is_file() {
             return Err(format!(
@@ -1271,6 +1281,7 @@ pool_size = {DEFAULT_POOL_SIZE}                            # PostgreSQL connecti
 queue_limit = {DEFAULT_QUEUE_LIMIT}                      # records held in memory while PostgreSQL is down;
 journal = "{DEFAULT_JOURNAL}"               #   past it they spill to this SQLite journal, replayed
 connect_timeout_secs = {DEFAULT_PG_CONNECT_TIMEOUT_SECS}                 #   in order when PostgreSQL returns
+ca_file = ""                             # extra CA certificates (PEM) for PostgreSQL's TLS (?sslmode=require)
 
 [metrics]                                # /metrics label cardinality: past these many distinct
 max_agents = {DEFAULT_METRICS_MAX_AGENTS}                         # values, new agents or models are counted as "other"

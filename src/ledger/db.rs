@@ -87,6 +87,8 @@ pub enum DbError {
     NoRow,
     #[error("{0}")]
     Open(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A PostgreSQL error with the server's message when it sent one (`db error` alone says
@@ -555,13 +557,14 @@ pub fn postgres_pool(
     url: &str,
     size: u32,
     connect_timeout: Duration,
-) -> Result<PgPool, postgres::Error> {
-    let mut config: postgres::Config = url.parse()?;
+    ca_file: Option<&std::path::Path>,
+) -> Result<PgPool, DbError> {
+    let mut config: postgres::Config = url.parse().map_err(DbError::from)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(connect_timeout);
     }
     config.application_name("meter");
-    let manager = r2d2_postgres::PostgresConnectionManager::new(config, tls());
+    let manager = r2d2_postgres::PostgresConnectionManager::new(config, tls(ca_file)?);
     Ok(r2d2::Pool::builder()
         .max_size(size.max(1))
         .min_idle(Some(0))
@@ -584,13 +587,22 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+/// TLS for PostgreSQL connections: the server's certificate is verified against the system's
+/// roots (else the bundled Mozilla roots) plus `store.ca_file`, and its name against the URL's
+/// host, whatever `sslmode` says: `require` gets libpq's `verify-full`, never less.
+fn tls(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, DbError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
     if roots.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(path) = ca_file {
+        crate::proxy::forward::add_ca_file(&mut roots, path)
+            .map_err(|err| DbError::Tls(format!("store.ca_file: {err}")))?;
     }
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -604,7 +616,7 @@ fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth(),
     };
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 #[cfg(test)]

@@ -294,12 +294,16 @@ pub fn open(
 /// The PostgreSQL store of `config`, a pool of at most `store.pool_size` connections.
 pub fn postgres_store(config: &StoreConfig, url: &str) -> Result<Store, LedgerError> {
     let display = super::db::redact_url(url);
-    let pool = super::db::postgres_pool(url, config.pool_size, config.connect_timeout).map_err(
-        |source| LedgerError::Postgres {
-            url: display.clone(),
-            source: source.into(),
-        },
-    )?;
+    let pool = super::db::postgres_pool(
+        url,
+        config.pool_size,
+        config.connect_timeout,
+        config.ca_file.as_deref(),
+    )
+    .map_err(|source| LedgerError::Postgres {
+        url: display.clone(),
+        source,
+    })?;
     Ok(Store::Postgres { pool, display })
 }
 

@@ -71,7 +71,7 @@ pub fn client(config: &UpstreamConfig) -> Result<UpstreamClient, ForwardError> {
         .build(https))
 }
 
-fn add_ca_file(
+pub(crate) fn add_ca_file(
     roots: &mut rustls::RootCertStore,
     path: &std::path::Path,
 ) -> Result<(), ForwardError> {

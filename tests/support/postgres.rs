@@ -170,6 +170,51 @@ impl Postgres {
             .output();
     }
 
+    /// Makes the server take TCP connections over TLS only (a plain one is rejected), with a
+    /// certificate for 127.0.0.1 from a fresh test CA whose PEM is written to `ca_pem`; restarts
+    /// the server. [`Postgres::client`] then no longer connects: assert through meter's own
+    /// pool.
+    pub fn require_tls(&self, ca_pem: &Path) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "meter test PostgreSQL CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        std::fs::write(ca_pem, ca.pem()).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), leaf.pem()).unwrap();
+        std::fs::write(data.join("server.key"), leaf_key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
+        let hba = format!("hostnossl all all 0.0.0.0/0 reject\n{hba}");
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        if self.as_root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown the TLS files to postgres");
+        }
+        self.stop();
+        self.start_server();
+    }
+
     /// A plain client on the database, for assertions.
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(
