@@ -780,7 +780,8 @@ async fn review_prices_check_and_reprice_on_postgres_match_sqlite() {
     assert!(migrated.contains("13 copied"), "{migrated}");
     // One config per backend, the same prices and providers.
     let write_configs = |prices: &str| {
-        let common = format!("{prices}\n{providers}");
+        let budget = "[[budget]]\nname = \"coder-month\"\nperiod = \"month\"\nlimit_usd = 100.0\nagent = \"coder\"\n";
+        let common = format!("{prices}\n{providers}\n{budget}");
         std::fs::write(
             dir.path().join("sqlite.toml"),
             format!("[store]\npath = {db:?}\n\n{common}"),
@@ -863,6 +864,23 @@ async fn review_prices_check_and_reprice_on_postgres_match_sqlite() {
     };
     let before = report("before");
     assert_eq!(before["totals"]["requests"], 13);
+    // `meter budget status`: the same spend on both, but for what depends on the instant.
+    let status = |config: &str| -> serde_json::Value {
+        let text = run(config, &["budget", "status", "--format", "json"]);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        for budget in json["budgets"].as_array_mut().unwrap() {
+            for key in ["forecast_usd", "elapsed_fraction"] {
+                budget[key] = serde_json::Value::Null;
+            }
+        }
+        json
+    };
+    let budgets = status("sqlite.toml");
+    assert_eq!(budgets, status("pg.toml"), "budget status differs");
+    // The coder's calls: 5 direct at $2.00, 3 through the router at $2.10 (5% markup).
+    let spend = budgets["budgets"][0]["spend_usd"].as_f64().unwrap();
+    assert!((spend - 16.3).abs() < 1e-9, "{budgets}");
     assert_eq!(before["totals"]["unpriced_requests"], 3);
     // The review (every format) and the unpriced models.
     for format in ["json", "table", "markdown", "csv"] {
