@@ -121,10 +121,14 @@ impl DbError {
                 // No SQLSTATE: the connection itself failed (refused, closed, timed out).
                 None => true,
                 Some(code) => {
-                    let class = &code.code()[..2.min(code.code().len())];
-                    // 08 connection, 40 serialization/deadlock, 53 resources, 57 shutdown,
-                    // 58 system error.
-                    matches!(class, "08" | "40" | "53" | "57" | "58")
+                    let code = code.code();
+                    let class = &code[..2.min(code.len())];
+                    // 08 connection, 25 transaction state (a read-only standby after a
+                    // failover), 40 serialization/deadlock, 53 resources, 57 shutdown or
+                    // cancel, 58 system error; and what an operator can mend while meter
+                    // waits: a missing grant, a dropped table, a lock held too long.
+                    matches!(class, "08" | "25" | "40" | "53" | "57" | "58")
+                        || matches!(code, "42501" | "42P01" | "55P03" | "55006")
                 }
             },
             _ => false,
@@ -386,6 +390,13 @@ impl ToSql for Value {
                 _ => Err(mismatch()),
             },
             Value::Text(v) => match *ty {
+                // PostgreSQL's text cannot hold NUL (SQLite's can): it is dropped, so a model
+                // name with one in it, say, is written instead of refused.
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+                    if v.contains('\0') =>
+                {
+                    v.replace('\0', "").as_str().to_sql(&Type::TEXT, out)
+                }
                 Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
                     v.as_str().to_sql(&Type::TEXT, out)
                 }
@@ -553,6 +564,9 @@ impl Store {
 /// or key=value pairs), with TLS by rustls when the URL asks for it (`sslmode=require`; the
 /// system's roots, falling back to the bundled Mozilla roots). Connections are made lazily:
 /// the pool exists while the server is down.
+/// How long a PostgreSQL connection may go unanswered before it counts as broken.
+const DEAD_CONNECTION: Duration = Duration::from_secs(60);
+
 pub fn postgres_pool(
     url: &str,
     size: u32,
@@ -562,6 +576,16 @@ pub fn postgres_pool(
     let mut config: postgres::Config = url.parse().map_err(DbError::from)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(connect_timeout);
+    }
+    // A connection that went silent (a failover, a NAT that dropped it) must fail within a
+    // minute, not the kernel's quarter of an hour, so the writer spills to its journal and
+    // shutdown is not held up by a dead socket.
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(DEAD_CONNECTION);
+    }
+    if !config.get_keepalives() || config.get_keepalives_idle() > DEAD_CONNECTION {
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
     }
     config.application_name("meter");
     let manager = r2d2_postgres::PostgresConnectionManager::new(config, tls(ca_file)?);
@@ -573,9 +597,10 @@ pub fn postgres_pool(
         .build_unchecked(manager))
 }
 
-/// The URL without its password.
+/// The URL (or key=value connection string) without its password: the userinfo's, and any
+/// `password=` parameter's.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let userinfo_redacted = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.split_once(':') {
@@ -584,7 +609,50 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    };
+    redact_password_parameters(&userinfo_redacted)
+}
+
+/// Replaces the value of every `password=` parameter (`?password=x&...`, `password=x`,
+/// `password='x y'`) with `***`.
+fn redact_password_parameters(text: &str) -> String {
+    const KEY: &str = "password=";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_lowercase().find(KEY) {
+        let starts_key = at == 0
+            || matches!(
+                rest.as_bytes().get(at - 1),
+                Some(b'?' | b'&' | b' ' | b'\t' | b'\n')
+            );
+        let value_start = at + KEY.len();
+        out.push_str(&rest[..value_start]);
+        let value = &rest[value_start..];
+        if !starts_key {
+            rest = value;
+            continue;
+        }
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            // A quoted key=value: up to the closing quote (backslash escapes skipped).
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let close = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    close
+                })
+                .map_or(value.len(), |(i, _)| i + 2)
+        } else {
+            value
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .unwrap_or(value.len())
+        };
+        out.push_str("***");
+        rest = &value[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// TLS for PostgreSQL connections: the server's certificate is verified against the system's
@@ -663,6 +731,27 @@ mod tests {
         assert_eq!(
             redact_url("postgres://meter@db/meter"),
             "postgres://meter@db/meter"
+        );
+        assert_eq!(
+            redact_url("postgres://meter@db/meter?sslmode=require&password=s3cr%40t&x=1"),
+            "postgres://meter@db/meter?sslmode=require&password=***&x=1"
+        );
+        assert_eq!(
+            redact_url("postgres://meter@db/meter?Password=secret"),
+            "postgres://meter@db/meter?Password=***"
+        );
+        assert_eq!(
+            redact_url("host=db user=meter password='a \\' b' dbname=meter"),
+            "host=db user=meter password=*** dbname=meter"
+        );
+        assert_eq!(
+            redact_url("host=db password=secret"),
+            "host=db password=***"
+        );
+        // Not a parameter of its own: left as is.
+        assert_eq!(
+            redact_url("host=db user=nopassword=x"),
+            "host=db user=nopassword=x"
         );
     }
 
