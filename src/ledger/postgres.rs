@@ -344,8 +344,10 @@ impl PgWriter {
                     Ok(record) => take(record, &mut queue),
                     Err(true) => return 0,
                     Err(false) => {
-                        if let Some(conn) = connect(&store, &mut db) {
-                            sync.run(conn);
+                        if spilled_hits.is_empty() {
+                            if let Some(conn) = connect(&store, &mut db) {
+                                sync.run(conn);
+                            }
                         }
                         continue;
                     }
@@ -433,7 +435,10 @@ impl PgWriter {
                 Ok(()) => {
                     last_commit = Some(Instant::now());
                     backoff = Duration::from_millis(50);
-                    if sync.due().is_some_and(|wait| wait.is_zero()) {
+                    // Not while the journal replays: its replayed rows are in the ledger's sums
+                    // but their budget hits are still counted here until its last row lands,
+                    // and would count twice (a false alert, a false 429).
+                    if spilled_hits.is_empty() && sync.due().is_some_and(|wait| wait.is_zero()) {
                         sync.run(conn);
                     }
                 }
