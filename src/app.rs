@@ -72,6 +72,23 @@ pub async fn run_at(
         config.timezone,
         clock,
     ));
+    // What can still fail at start fails before the ledger (and its journal) is opened.
+    let client = forward::client(&config.upstream)?;
+    let forward_mode = if config.forward.enabled {
+        let dir = config.ca_dir();
+        let ca = crate::ca::LocalCa::load(&dir).context(
+            "forward-proxy mode ([proxy.forward] enabled = true) needs meter's local CA",
+        )?;
+        tracing::info!(ca = %ca.paths.cert.display(), passthrough = config.forward.passthrough, "forward-proxy mode on: clients set HTTPS_PROXY to meter and trust this CA");
+        Some(proxy::tunnel::Forward {
+            leaves: Arc::new(crate::ca::Leaves::new(ca)),
+            metrics: metrics.clone(),
+            connect_timeout: config.upstream.connect_timeout,
+            idle_timeout: config.upstream.idle_timeout,
+        })
+    } else {
+        None
+    };
     // Opening a PostgreSQL ledger blocks (its client runs a runtime of its own): off the
     // async threads, like every later use of it. A SQLite ledger opens here (no extra thread).
     let store_config = config.store.clone();
@@ -128,22 +145,6 @@ pub async fn run_at(
         config.smtp.clone(),
         metrics.clone(),
     ));
-    let client = forward::client(&config.upstream)?;
-    let forward_mode = if config.forward.enabled {
-        let dir = config.ca_dir();
-        let ca = crate::ca::LocalCa::load(&dir).context(
-            "forward-proxy mode ([proxy.forward] enabled = true) needs meter's local CA",
-        )?;
-        tracing::info!(ca = %ca.paths.cert.display(), passthrough = config.forward.passthrough, "forward-proxy mode on: clients set HTTPS_PROXY to meter and trust this CA");
-        Some(proxy::tunnel::Forward {
-            leaves: Arc::new(crate::ca::Leaves::new(ca)),
-            metrics: metrics.clone(),
-            connect_timeout: config.upstream.connect_timeout,
-            idle_timeout: config.upstream.idle_timeout,
-        })
-    } else {
-        None
-    };
     let drains = tokio_util::task::TaskTracker::new();
     let cut_drains = tokio_util::sync::CancellationToken::new();
     let proxy_state = Arc::new(ProxyState {

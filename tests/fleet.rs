@@ -948,3 +948,31 @@ async fn review_prices_check_and_reprice_on_postgres_match_sqlite() {
     assert_eq!(from_sqlite.len(), 13);
     assert_eq!(from_sqlite, from_postgres);
 }
+
+/// A start-up error with a PostgreSQL ledger configured (here forward-proxy mode without its
+/// CA) is reported in a line that says what to do, and meter exits without a panic.
+#[test]
+fn a_startup_error_with_a_postgres_ledger_exits_cleanly() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
+             [store]\n{}\n\n[proxy.forward]\nenabled = true\nca_dir = {:?}\n",
+            store_toml(&pg, dir.path(), "a", ""),
+            dir.path().join("no-ca")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meter"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("meter ca init"), "{stderr}");
+}
