@@ -85,6 +85,10 @@ pub async fn run_at(
             metrics: metrics.clone(),
             connect_timeout: config.upstream.connect_timeout,
             idle_timeout: config.upstream.idle_timeout,
+            own: [&listeners.proxy, &listeners.metrics]
+                .iter()
+                .filter_map(|listener| listener.local_addr().ok())
+                .collect(),
         })
     } else {
         None

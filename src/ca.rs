@@ -45,6 +45,8 @@ pub enum CaError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
+    #[error("{path} is readable by other users (mode {mode:o}); the CA key must be private: run `chmod 600 {path}`")]
+    KeyMode { path: String, mode: u32 },
     #[error("minting a certificate for {host:?}: {reason}")]
     Mint { host: String, reason: String },
 }
@@ -152,7 +154,8 @@ fn create_dir(dir: &Path) -> Result<(), CaError> {
 }
 
 /// Writes `contents` to `path` through a temporary file created with `mode` (so the key is
-/// never readable by others, not even for a moment), then moves it into place: over an
+/// never readable by others, not even for a moment) and then set to exactly `mode` (the
+/// umask may have narrowed it), then moves it into place: over an
 /// existing file when `replace`, else only if `path` does not exist (a hard link fails then).
 fn write_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<(), CaError> {
     let file_name = path
@@ -172,6 +175,13 @@ fn write_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<
     #[cfg(not(unix))]
     let _ = mode;
     let written = options.open(&temp).and_then(|mut file| {
+        // Exactly `mode`, whatever the umask took away from it at creation (the certificate
+        // must be readable by agents running as other users).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         file.write_all(contents)?;
         file.sync_all()
     });
@@ -186,6 +196,28 @@ fn write_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<
         let _ = std::fs::remove_file(&temp);
     }
     placed.map_err(io_error(path))
+}
+
+/// Refuses a CA key that group or others can read, write or run (`mode & 0o077`): whoever can
+/// read it can impersonate every host to the clients that trust the CA.
+pub fn check_key_mode(key: &Path) -> Result<(), CaError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key)
+            .map_err(io_error(key))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(CaError::KeyMode {
+                path: key.display().to_string(),
+                mode: mode & 0o777,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = key;
+    Ok(())
 }
 
 /// A loaded CA: signs leaves, and its certificate goes to clients on request.
@@ -216,21 +248,7 @@ impl LocalCa {
                 });
             }
         }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&paths.key)
-                .map_err(io_error(&paths.key))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    path = %paths.key.display(),
-                    mode = format!("{:o}", mode & 0o777),
-                    "the CA key is readable by other users; chmod 600 it"
-                );
-            }
-        }
+        check_key_mode(&paths.key)?;
         let invalid = |path: &Path, reason: String| CaError::Invalid {
             path: path.display().to_string(),
             reason,
@@ -480,6 +498,25 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = LocalCa::load(empty.path()).unwrap_err().to_string();
         assert!(err.contains("meter ca init"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_others_can_read_is_refused_at_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = init(dir.path(), false).unwrap();
+        LocalCa::load(dir.path()).unwrap();
+        for mode in [0o640, 0o604, 0o660, 0o610] {
+            std::fs::set_permissions(&paths.key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = LocalCa::load(dir.path()).unwrap_err();
+            assert!(matches!(err, CaError::KeyMode { .. }), "{mode:o}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("chmod 600"), "{text}");
+            assert!(text.contains(&paths.key.display().to_string()), "{text}");
+        }
+        std::fs::set_permissions(&paths.key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        LocalCa::load(dir.path()).unwrap();
     }
 
     #[test]

@@ -358,12 +358,14 @@ async fn passthrough_tunnels_other_hosts_untouched_and_unmetered() {
     read_result.unwrap();
     assert_eq!(echoed, sent);
 
-    // A host nobody listens on: 502, no tunnel.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A host nobody listens on: 502, no tunnel. The port stays bound (so nothing else can take
+    // it) but never listens, so a connection to it is refused.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let closed_addr = closed.local_addr().unwrap();
-    drop(closed);
     let (status, _) = connect(meter.proxy, &closed_addr.to_string()).await;
     assert_eq!(status, 502);
+    drop(closed);
 
     let metrics = meter.metrics_text().await;
     assert_eq!(
@@ -379,6 +381,167 @@ async fn passthrough_tunnels_other_hosts_untouched_and_unmetered() {
     );
     meter.stop().await;
     assert!(rows(&meter.db).is_empty(), "passthrough is not metered");
+}
+
+/// The status and body of a CONNECT meter refused (it answers and closes).
+async fn refused_connect(proxy: std::net::SocketAddr, target: &str) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("CONNECT {target}: no status in {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn passthrough_never_leads_back_into_meter() {
+    let setup = Setup::new();
+    let provider =
+        FakeProvider::start_tls(|_| FakeResponse::json(200, "{}"), &setup.provider_ca).await;
+    let mut meter = Meter::start(&provider.url(), &setup.toml(true)).await;
+    let (port, metrics_port) = (meter.proxy.port(), meter.metrics.port());
+    // Every spelling of loopback getaddrinfo accepts, for the proxy and the metrics listener.
+    for target in [
+        format!("127.0.0.1:{port}"),
+        format!("127.1:{port}"),
+        format!("2130706433:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        format!("0.0.0.0:{port}"),
+        format!("127.0.0.1:{metrics_port}"),
+        format!("127.1:{metrics_port}"),
+    ] {
+        let (status, body) = refused_connect(meter.proxy, &target).await;
+        assert_eq!(status, 403, "{target}: {body}");
+        assert_eq!(body["error"]["code"], "not_a_proxy", "{target}");
+    }
+    // Whether `localhost.` resolves depends on the machine; it never tunnels into meter.
+    let (status, body) = refused_connect(meter.proxy, &format!("localhost.:{port}")).await;
+    assert!(status == 403 || status == 502, "{status}: {body}");
+    let metrics = meter.metrics_text().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"meter_forward_tunnels_total{kind="passthrough"}"#
+        ),
+        0.0
+    );
+    assert!(sample(&metrics, r#"meter_forward_tunnels_total{kind="refused"}"#) >= 7.0);
+    meter.stop().await;
+
+    // Listening on every address: any of this machine's addresses on that port is meter.
+    let mut meter =
+        support::Meter::start_listening("0.0.0.0:0", &provider.url(), &setup.toml(true)).await;
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{}", meter.proxy.port()).parse().unwrap();
+    for target in [
+        format!("127.0.0.1:{}", proxy.port()),
+        format!("127.0.0.2:{}", proxy.port()),
+        format!("localhost:{}", proxy.port()),
+    ] {
+        let (status, body) = refused_connect(proxy, &target).await;
+        assert_eq!(status, 403, "{target}: {body}");
+    }
+    meter.stop().await;
+}
+
+#[tokio::test]
+async fn connect_needs_a_valid_port() {
+    let setup = Setup::new();
+    let provider =
+        FakeProvider::start_tls(|_| FakeResponse::json(200, "{}"), &setup.provider_ca).await;
+    let mut meter = Meter::start(&provider.url(), &setup.toml(true)).await;
+    for target in [
+        "api.openai.com",
+        "api.openai.com:",
+        "api.openai.com:abc",
+        "api.openai.com:70000",
+        "api.openai.com:0",
+    ] {
+        let (status, body) = refused_connect(meter.proxy, target).await;
+        assert_eq!(status, 400, "{target}: {body}");
+        assert_eq!(body["error"]["code"], "bad_connect_target", "{target}");
+    }
+    let (status, _) = connect(meter.proxy, "api.openai.com:443").await;
+    assert_eq!(status, 200);
+    meter.stop().await;
+}
+
+#[tokio::test]
+async fn requests_naming_another_host_are_misdirected() {
+    let setup = Setup::new();
+    let plain = fixture("openai/chat_plain.json");
+    let plain_body = plain.clone();
+    let provider = FakeProvider::start_tls(
+        move |_| FakeResponse::json(200, plain_body.clone()),
+        &setup.provider_ca,
+    )
+    .await;
+    let mut meter = Meter::start(&provider.url(), &setup.toml(false)).await;
+    let body = || Full::new(Bytes::from_static(br#"{"model":"gpt-4o","messages":[]}"#));
+    let open = |alpn: &'static [&'static [u8]]| {
+        let (proxy, ca) = (meter.proxy, setup.meter_ca.clone());
+        async move {
+            let (status, tunnel) = connect(proxy, "api.openai.com:443").await;
+            assert_eq!(status, 200);
+            Sender::open(tls(tunnel, "api.openai.com", &ca, alpn).await.unwrap()).await
+        }
+    };
+
+    // HTTP/1.1: another Host, or an absolute-form target naming another host or port.
+    let mut h1 = open(&[b"http/1.1"]).await;
+    for (uri, host) in [
+        ("/v1/chat/completions", "evil.example"),
+        ("/v1/chat/completions", "api.openai.com:8443"),
+        ("https://evil.example/v1/chat/completions", "evil.example"),
+        ("https://evil.example/v1/chat/completions", "api.openai.com"),
+    ] {
+        let request = chat(uri, "sk-secret")
+            .header("host", host)
+            .body(body())
+            .unwrap();
+        let (status, frames) = h1.send(request).await;
+        assert_eq!(status, 421, "{uri} {host}");
+        let error: serde_json::Value = serde_json::from_slice(&frames.concat()).unwrap();
+        assert_eq!(error["error"]["code"], "misdirected_request");
+    }
+    // HTTP/2: another `:authority`.
+    let mut h2 = open(&[b"h2"]).await;
+    assert!(matches!(h2, Sender::H2(_)));
+    let request = chat("https://evil.example/v1/chat/completions", "sk-secret")
+        .body(body())
+        .unwrap();
+    assert_eq!(h2.send(request).await.0, 421);
+    assert!(provider.requests().is_empty(), "the key went nowhere");
+
+    // The tunnel's own host, however it is spelled, goes through.
+    let request = chat("/v1/chat/completions", "sk-secret")
+        .header("host", "API.OpenAI.com.:443")
+        .body(body())
+        .unwrap();
+    let (status, frames) = h1.send(request).await;
+    assert_eq!((status, frames.concat()), (200, plain.clone()));
+    let request = chat("https://api.openai.com/v1/chat/completions", "sk-secret")
+        .body(body())
+        .unwrap();
+    assert_eq!(h2.send(request).await.0, 200);
+    assert_eq!(provider.requests().len(), 2);
+    wait_for("two rows", || rows(&meter.db).len() == 2).await;
+    drop((h1, h2));
+    meter.stop().await;
 }
 
 /// Runs curl with `args`, the environment's proxy settings removed; returns its stdout.
@@ -561,4 +724,61 @@ fn ca_commands_create_print_and_refuse_to_overwrite() {
     // The CA's key is never printed.
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        // Under a strict umask the certificate is still readable by agents running as other
+        // users, and the key still private.
+        let out = std::process::Command::new("sh")
+            .current_dir(dir.path())
+            .env_remove("METER_CONFIG")
+            .args(["-c", "umask 077 && exec \"$0\" ca init --force"])
+            .arg(env!("CARGO_BIN_EXE_meter"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(mode(&cert), 0o644);
+        assert_eq!(mode(&key), 0o600);
+
+        // A key others can read: `serve` refuses to start, naming the file and the fix.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meter"))
+            .current_dir(dir.path())
+            .env_remove("METER_CONFIG")
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("meter serve started with a key others can read");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(2));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("chmod 600"), "{stderr}");
+        assert!(stderr.contains("ca-key.pem"), "{stderr}");
+    }
 }

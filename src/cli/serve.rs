@@ -43,6 +43,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
                 ));
             }
         }
+        crate::ca::check_key_mode(&paths.key).map_err(|err| Failure::Usage(err.into()))?;
     }
     // One CPU (a container's share, taskset) or `worker_threads = 1`: a single-threaded runtime,
     // which spends about a third less CPU per call than the work-stealing one on one core.

@@ -259,12 +259,16 @@ async fn run_tunnel(
             return;
         }
     };
-    let (provider, host) = match pending.plan {
+    let (provider, host, port) = match pending.plan {
         tunnel::Plan::Passthrough(server) => {
             tunnel::passthrough(forward, upgraded, server, shutdown).await;
             return;
         }
-        tunnel::Plan::Intercept { provider, host } => (provider, host),
+        tunnel::Plan::Intercept {
+            provider,
+            host,
+            port,
+        } => (provider, host, port),
     };
     let tls = match tunnel::accept_tls(forward, upgraded, &host, limits.header_read_timeout).await {
         Ok(tls) => tls,
@@ -276,10 +280,15 @@ async fn run_tunnel(
     };
     let activity = Activity::new();
     let tracker = activity.clone();
+    let tunnel = Arc::new(TunnelTo {
+        provider,
+        host,
+        port,
+    });
     let service = service_fn(move |request| {
         let guard = tracker.begin();
         let state = state.clone();
-        let via = Via::Tunnel(provider.clone());
+        let via = Via::Tunnel(tunnel.clone());
         async move {
             let response = handle_in(state, request, via).await?;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
@@ -295,7 +304,15 @@ enum Via {
     /// where a `CONNECT` leaves its tunnel.
     Client(Option<Arc<tunnel::Stash>>),
     /// Inside a tunnel intercepted for this provider.
-    Tunnel(Arc<crate::config::Provider>),
+    Tunnel(Arc<TunnelTo>),
+}
+
+/// An intercepted tunnel: the provider its requests go to, and the `CONNECT` host (as the
+/// router normalized it) and port they must name.
+struct TunnelTo {
+    provider: Arc<crate::config::Provider>,
+    host: String,
+    port: u16,
 }
 
 /// Handles one client request. Never fails: every problem becomes a response.
@@ -316,16 +333,28 @@ async fn handle_in(
     let path = request.uri().path().to_string();
     let query = request.uri().query().map(str::to_string);
     let routed = match via {
-        Via::Tunnel(provider) => {
+        Via::Tunnel(tunnel) => {
             if request.method() == Method::CONNECT {
                 Err(RouteError::NotAProxy {
                     code: "not_a_proxy",
                     message: "CONNECT inside a tunnel".to_string(),
                 })
             } else {
-                state
-                    .routes
-                    .route_host(&provider, &path, query.as_deref(), request.headers())
+                // The client's key is for the host it names: never sent to another one.
+                RouteTable::check_tunnel_host(
+                    &tunnel.host,
+                    tunnel.port,
+                    request.uri(),
+                    request.headers(),
+                )
+                .and_then(|()| {
+                    state.routes.route_host(
+                        &tunnel.provider,
+                        &path,
+                        query.as_deref(),
+                        request.headers(),
+                    )
+                })
             }
         }
         Via::Client(stash) => {
@@ -941,6 +970,15 @@ fn route_error(state: &ProxyState, err: RouteError) -> Response<ProxyBody> {
         RouteError::NotAProxy { code, message } => {
             json_error(StatusCode::FORBIDDEN, code, &message, None)
         }
+        RouteError::BadConnect(reason) => {
+            json_error(StatusCode::BAD_REQUEST, "bad_connect_target", &reason, None)
+        }
+        RouteError::Misdirected(reason) => json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_request",
+            &reason,
+            None,
+        ),
     }
 }
 

@@ -44,13 +44,39 @@ pub enum Target {
         host: String,
     },
     /// Forward-proxy mode, `CONNECT` to a provider's host: TLS is terminated with a leaf for
-    /// `host` and the requests inside are routed to `provider`.
+    /// `host` and the requests inside (which must name `host:port`) are routed to `provider`.
     Intercept {
         provider: Arc<Provider>,
         host: String,
+        port: u16,
     },
     /// Forward-proxy mode with `passthrough`, `CONNECT` to another host: tunnelled blind.
     Passthrough { host: String, port: u16 },
+}
+
+/// The port an authority spells out after its host: `Ok(None)` when it names none, an error
+/// when what follows the host is not `:` and 1-5 digits of a port from 1 to 65535 (the `http`
+/// crate reads `host:abc` and `host:70000` as having no port at all).
+fn explicit_port(authority: &http::uri::Authority) -> Result<Option<u16>, ()> {
+    // What the `http` crate takes the host from: after any userinfo, up to the port.
+    let text = authority.as_str();
+    let text = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
+    let tail = text.strip_prefix(authority.host()).ok_or(())?;
+    let Some(digits) = tail.strip_prefix(':') else {
+        return if tail.is_empty() { Ok(None) } else { Err(()) };
+    };
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    match digits.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(Some(port)),
+        _ => Err(()),
+    }
+}
+
+/// A `CONNECT` target's port (RFC 9110 §9.3.6: required, there is no default).
+fn connect_port(authority: &http::uri::Authority) -> Option<u16> {
+    explicit_port(authority).ok().flatten()
 }
 
 /// A host as forward-proxy mode compares it: lower case, without a trailing dot.
@@ -88,6 +114,12 @@ pub enum RouteError {
         code: &'static str,
         message: String,
     },
+    /// A `CONNECT` whose target is not `host:port` with a port of 1-65535 (RFC 9110 §9.3.6):
+    /// answered 400.
+    BadConnect(String),
+    /// A request inside an intercepted tunnel that names another host than the tunnel's
+    /// (`Host`, `:authority`, or an absolute-form target): answered 421, nothing forwarded.
+    Misdirected(String),
 }
 
 impl RouteTable {
@@ -149,6 +181,13 @@ impl RouteTable {
             }
             return Ok(Target::Path);
         };
+        // RFC 9110 §9.3.6: a CONNECT target is `host:port`, and there is no default port.
+        if connect && connect_port(authority).is_none() {
+            let shown: String = authority.as_str().chars().take(128).collect();
+            return Err(RouteError::BadConnect(format!(
+                "CONNECT {shown:?}: the target must be host:port with a port of 1-65535"
+            )));
+        }
         if !connect && self.is_self(authority) {
             return Ok(Target::Path);
         }
@@ -192,7 +231,11 @@ impl RouteTable {
             return Err(not_a_proxy(&shown));
         }
         match self.provider_for_host(&host, port, https) {
-            Some(provider) if connect => Ok(Target::Intercept { provider, host }),
+            Some(provider) if connect => Ok(Target::Intercept {
+                provider,
+                host,
+                port,
+            }),
             Some(provider) => Ok(Target::Host { provider, host }),
             None if connect && self.passthrough => Ok(Target::Passthrough {
                 host: authority.host().to_string(),
@@ -240,6 +283,46 @@ impl RouteTable {
                     .flatten()
             })
             .cloned()
+    }
+
+    /// Whether a request inside a tunnel to `host:port` (as [`Target::Intercept`] names them)
+    /// names that same host and port in its target (absolute form, or HTTP/2's `:authority`)
+    /// and in every `Host` header it has. Names compare as the router compares them (case and
+    /// a trailing dot aside), a missing port being the scheme's default (443 inside a tunnel).
+    pub fn check_tunnel_host(
+        host: &str,
+        port: u16,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<(), RouteError> {
+        let default = if uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        };
+        let names = uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .into_iter()
+            .chain(
+                headers
+                    .get_all(http::header::HOST)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            );
+        for name in names {
+            let same = http::uri::Authority::try_from(name).is_ok_and(|named| {
+                normalize_host(named.host()) == host
+                    && explicit_port(&named).is_ok_and(|p| p.unwrap_or(default) == port)
+            });
+            if !same {
+                let shown: String = String::from_utf8_lossy(name).chars().take(128).collect();
+                return Err(RouteError::Misdirected(format!(
+                    "this tunnel is to {host}:{port}, and the request names {shown:?}: open a tunnel to that host instead"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Whether an absolute-form authority names meter's own listen address.
@@ -829,7 +912,7 @@ routes = ["direct"]
         // "path", or the refusal's code.
         let check = |table: &RouteTable, method: Method, uri: &str, version: Version| -> String {
             match table.target(&method, &uri.parse::<Uri>().unwrap(), version) {
-                Ok(Target::Intercept { provider, host }) => {
+                Ok(Target::Intercept { provider, host, .. }) => {
                     format!("intercept:{}:{host}", provider.name)
                 }
                 Ok(Target::Host { provider, .. }) => format!("host:{}", provider.name),
@@ -970,6 +1053,83 @@ routes = ["direct"]
             (target.agent.as_str(), target.key_fingerprint.as_deref()),
             ("bot", Some("2cf24dba5fb0"))
         );
+    }
+
+    #[test]
+    fn connect_needs_host_and_port() {
+        for forward in [false, true] {
+            let config = Config::from_toml(
+                &format!("[server]\nlisten = \"127.0.0.1:8787\"\n[proxy.forward]\nenabled = {forward}\npassthrough = {forward}\n"),
+                "t",
+            )
+            .unwrap();
+            let table = RouteTable::new(&config);
+            for target in [
+                "api.openai.com",
+                "api.openai.com:",
+                "api.openai.com:abc",
+                "api.openai.com:70000",
+                "api.openai.com:0",
+                "api.openai.com:+443",
+                "[::1]",
+                "[::1]:",
+            ] {
+                let Ok(uri) = target.parse::<Uri>() else {
+                    continue;
+                };
+                let routed = table.target(&Method::CONNECT, &uri, Version::HTTP_11);
+                assert!(
+                    matches!(routed, Err(RouteError::BadConnect(_))),
+                    "{target}: {routed:?}"
+                );
+            }
+            let routed = table.target(
+                &Method::CONNECT,
+                &"[::1]:443".parse::<Uri>().unwrap(),
+                Version::HTTP_11,
+            );
+            assert_eq!(routed.is_ok(), forward, "{routed:?}");
+        }
+    }
+
+    #[test]
+    fn requests_in_a_tunnel_must_name_its_host() {
+        let check = |uri: &str, hosts: &[&str]| {
+            let mut map = HeaderMap::new();
+            for host in hosts {
+                map.append(
+                    http::header::HOST,
+                    http::HeaderValue::from_str(host).unwrap(),
+                );
+            }
+            RouteTable::check_tunnel_host("api.openai.com", 443, &uri.parse().unwrap(), &map)
+                .map_err(|err| assert!(matches!(err, RouteError::Misdirected(_)), "{err:?}"))
+                .is_ok()
+        };
+        assert!(check("/v1/models", &["api.openai.com"]));
+        assert!(check("/v1/models", &["API.OpenAI.com.:443"]));
+        assert!(check("https://api.openai.com/v1/models", &[]));
+        assert!(check(
+            "https://api.openai.com:443/v1/models",
+            &["api.openai.com"]
+        ));
+        assert!(
+            check("/v1/models", &[]),
+            "nothing named, nothing contradicted"
+        );
+        assert!(!check("/v1/models", &["evil.example"]));
+        assert!(!check("/v1/models", &["api.openai.com:8443"]));
+        assert!(!check("/v1/models", &["api.openai.com:abc"]));
+        assert!(!check("/v1/models", &["api.openai.com", "evil.example"]));
+        assert!(!check(
+            "https://evil.example/v1/models",
+            &["api.openai.com"]
+        ));
+        assert!(!check(
+            "https://api.openai.com/v1/models",
+            &["evil.example"]
+        ));
+        assert!(!check("http://api.openai.com/v1/models", &[]), "port 80");
     }
 
     #[test]

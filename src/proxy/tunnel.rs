@@ -5,6 +5,7 @@
 //! the router did not name, and never weakens the upstream side: intercepted calls go out on
 //! the same verified client as base-URL ones.
 
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,9 @@ pub struct Forward {
     pub connect_timeout: Duration,
     /// A passthrough tunnel silent both ways this long is closed (`upstream.idle_timeout_secs`).
     pub idle_timeout: Duration,
+    /// meter's own listeners (the proxy and metrics addresses, as bound): a passthrough host
+    /// that resolves to one of them is refused, so a tunnel never leads back into meter.
+    pub own: Vec<SocketAddr>,
 }
 
 /// A tunnel meter said yes to, waiting for hyper to hand over the client's connection (it
@@ -46,10 +50,12 @@ pub struct Pending {
 }
 
 pub enum Plan {
-    /// Terminate TLS as `host` and serve the requests inside for `provider`.
+    /// Terminate TLS as `host` and serve the requests inside (which must name `host:port`)
+    /// for `provider`.
     Intercept {
         provider: Arc<Provider>,
         host: String,
+        port: u16,
     },
     /// Copy bytes blind between the client and this connection.
     Passthrough(TcpStream),
@@ -59,9 +65,10 @@ pub enum Plan {
 /// runs it (holding the connection's slot) once hyper lets go of the connection.
 pub type Stash = Mutex<Option<Pending>>;
 
-/// Says yes to a `CONNECT`: for passthrough, connects to the host first (so a host that
-/// cannot be reached is a 502, not a tunnel that closes at once), then leaves the tunnel in
-/// `stash` and answers 200.
+/// Says yes to a `CONNECT`: for passthrough, resolves and connects to the host first (so a
+/// host that cannot be reached is a 502, not a tunnel that closes at once, and one that
+/// resolves to meter's own listeners is a 403), then leaves the tunnel in `stash` and answers
+/// 200.
 pub async fn open(
     forward: &Forward,
     request: &mut Request<Incoming>,
@@ -70,20 +77,27 @@ pub async fn open(
 ) -> Response<ProxyBody> {
     use super::router::Target;
     let plan = match target {
-        Target::Intercept { provider, host } => {
+        Target::Intercept {
+            provider,
+            host,
+            port,
+        } => {
             forward
                 .metrics
                 .forward_tunnels_total
                 .with_label_values(&["intercepted"])
                 .inc();
-            Plan::Intercept { provider, host }
+            Plan::Intercept {
+                provider,
+                host,
+                port,
+            }
         }
         Target::Passthrough { host, port } => {
             let bare = host.trim_start_matches('[').trim_end_matches(']');
-            let connected =
-                tokio::time::timeout(forward.connect_timeout, TcpStream::connect((bare, port)))
-                    .await;
-            match connected {
+            let dialed =
+                tokio::time::timeout(forward.connect_timeout, dial(bare, port, &forward.own)).await;
+            match dialed {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     forward
@@ -93,7 +107,21 @@ pub async fn open(
                         .inc();
                     Plan::Passthrough(stream)
                 }
-                Ok(Err(err)) => {
+                Ok(Err(DialError::Own(addr))) => {
+                    forward
+                        .metrics
+                        .forward_tunnels_total
+                        .with_label_values(&["refused"])
+                        .inc();
+                    let shown: String = host.chars().take(128).collect();
+                    return super::json_error(
+                        StatusCode::FORBIDDEN,
+                        "not_a_proxy",
+                        &format!("{shown}:{port} resolves to {addr}, which is meter itself; a tunnel never leads back into meter"),
+                        None,
+                    );
+                }
+                Ok(Err(DialError::Io(err))) => {
                     tracing::debug!(%host, port, error = %err, "passthrough host unreachable");
                     return super::json_error(
                         StatusCode::BAD_GATEWAY,
@@ -121,6 +149,57 @@ pub async fn open(
         *slot = Some(Pending { upgrade, plan });
     }
     Response::new(Either::Right(Full::new(Bytes::new())))
+}
+
+/// Why a passthrough host was not connected to.
+enum DialError {
+    /// It resolves to this address, one of meter's own listeners.
+    Own(SocketAddr),
+    /// It did not resolve, or no address of it accepted the connection.
+    Io(std::io::Error),
+}
+
+/// Connects to a passthrough host: resolves it once, refuses it when any of its addresses is
+/// one of meter's listeners (`own`, see [`is_own`]), then tries the addresses it resolved to,
+/// in order (never resolving again, so what is connected to is what was checked).
+async fn dial(host: &str, port: u16, own: &[SocketAddr]) -> Result<TcpStream, DialError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(DialError::Io)?
+        .collect();
+    if let Some(addr) = addrs.iter().find(|addr| is_own(**addr, own)) {
+        return Err(DialError::Own(*addr));
+    }
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the host resolved to no address",
+    );
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = err,
+        }
+    }
+    Err(DialError::Io(last))
+}
+
+/// Whether a connection to `addr` could reach one of meter's listeners `own`: the same port,
+/// and the same address (an IPv4-mapped IPv6 address counts as its IPv4 one), or any address
+/// of this machine when the listener's is unspecified (`0.0.0.0`, `::`) or `addr`'s is (a
+/// connection to `0.0.0.0` reaches this machine).
+pub fn is_own(addr: SocketAddr, own: &[SocketAddr]) -> bool {
+    let ip = addr.ip().to_canonical();
+    own.iter().any(|listener| {
+        let listen = listener.ip().to_canonical();
+        listener.port() == addr.port()
+            && (listen == ip || ip.is_unspecified() || (listen.is_unspecified() && is_local(ip)))
+    })
+}
+
+/// Whether `ip` is one of this machine's addresses: loopback, or one a socket can be bound to
+/// (binding fails with "address not available" for any other).
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// Why an intercepted tunnel's TLS handshake did not complete.
@@ -257,5 +336,38 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn own_listeners_are_recognized_by_address_not_by_name() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let loopback = [addr("127.0.0.1:8787"), addr("127.0.0.1:9090")];
+        assert!(is_own(addr("127.0.0.1:8787"), &loopback));
+        assert!(is_own(addr("127.0.0.1:9090"), &loopback), "metrics too");
+        assert!(is_own(addr("[::ffff:127.0.0.1]:8787"), &loopback));
+        assert!(is_own(addr("0.0.0.0:8787"), &loopback));
+        assert!(is_own(addr("[::]:8787"), &loopback));
+        assert!(!is_own(addr("127.0.0.1:8788"), &loopback), "another port");
+        assert!(
+            !is_own(addr("127.0.0.2:8787"), &loopback),
+            "not bound there"
+        );
+        assert!(!is_own(addr("[::1]:8787"), &loopback));
+        // Unspecified: every address of this machine, on that port.
+        let any = [addr("0.0.0.0:8787")];
+        assert!(is_own(addr("127.0.0.1:8787"), &any));
+        assert!(is_own(addr("127.0.0.2:8787"), &any));
+        assert!(is_own(addr("[::ffff:127.0.0.1]:8787"), &any));
+        assert!(is_own(addr("[::1]:8787"), &any));
+        assert!(!is_own(addr("127.0.0.1:8788"), &any));
+        // TEST-NET-1 (RFC 5737) is no machine's address.
+        assert!(!is_own(addr("192.0.2.1:8787"), &any));
+        assert!(is_own(addr("[::1]:8787"), &[addr("[::]:8787")]));
     }
 }

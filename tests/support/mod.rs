@@ -360,8 +360,36 @@ impl Meter {
         store_toml: &str,
         extra_toml: &str,
     ) -> Meter {
+        Meter::start_on(
+            "127.0.0.1:0",
+            db,
+            upstream,
+            server_toml,
+            store_toml,
+            extra_toml,
+        )
+        .await
+    }
+
+    /// Like `start`, with the proxy listening on `listen` (`server.listen`).
+    pub async fn start_listening(listen: &str, upstream: &str, extra_toml: &str) -> Meter {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("meter.db");
+        let mut meter = Meter::start_on(listen, &db, upstream, "", "", extra_toml).await;
+        meter._dir = Some(dir);
+        meter
+    }
+
+    async fn start_on(
+        listen: &str,
+        db: &Path,
+        upstream: &str,
+        server_toml: &str,
+        store_toml: &str,
+        extra_toml: &str,
+    ) -> Meter {
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n{server_toml}\n\n[store]\npath = {db:?}\n{store_toml}\n\n[[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n{extra_toml}",
+            "[server]\nlisten = \"{listen}\"\nmetrics_listen = \"127.0.0.1:0\"\ndrain_timeout_secs = 5\n{server_toml}\n\n[store]\npath = {db:?}\n{store_toml}\n\n[[provider]]\nname = \"openai\"\nupstream = \"{upstream}\"\n\n{extra_toml}",
         );
         let config = meter::config::Config::from_toml(&toml, "test").unwrap();
         let listeners = meter::app::Listeners::bind(&config).await.unwrap();
