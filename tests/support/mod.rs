@@ -737,14 +737,22 @@ impl Instance {
         let proxy = listeners.proxy.local_addr().unwrap();
         let metrics = listeners.metrics.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(meter::app::run_at(
+        let run = meter::app::run_at(
             config,
             listeners,
             async move {
                 let _ = stopped.await;
             },
             clock,
-        ));
+        );
+        let task = tokio::spawn(async move {
+            let result = run.await;
+            // A meter that stops on its own closes its port: say why, for the failing test.
+            if let Err(err) = &result {
+                eprintln!("meter instance at {proxy} ended: {err:#}");
+            }
+            result
+        });
         Instance {
             metrics,
             proxy,
