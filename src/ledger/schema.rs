@@ -427,6 +427,21 @@ pub enum SchemaError {
 /// PostgreSQL's spelling, tracked in `schema_version`. Each step runs in a transaction holding
 /// an advisory lock, so meters starting at once on one ledger migrate it once between them.
 pub fn migrate_postgres(db: &mut super::db::Db) -> Result<(), SchemaError> {
+    // Meters of a fleet starting at once migrate side by side: a deadlock or a serialization
+    // failure among them (or a connection reset) is tried again, briefly, before it counts.
+    let mut attempt = 0u64;
+    loop {
+        match migrate_postgres_once(db) {
+            Err(SchemaError::Postgres { source, .. }) if source.is_transient() && attempt < 5 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100 * attempt));
+            }
+            done => return done,
+        }
+    }
+}
+
+fn migrate_postgres_once(db: &mut super::db::Db) -> Result<(), SchemaError> {
     use super::db::DbError;
     let err = |version: i64| move |source: DbError| SchemaError::Postgres { version, source };
     db.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
