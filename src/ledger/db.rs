@@ -103,19 +103,8 @@ fn postgres_message(err: &postgres::Error) -> String {
 impl DbError {
     /// Worth retrying: the database is busy, locked, full, unreachable or restarting.
     pub fn is_transient(&self) -> bool {
-        use rusqlite::ErrorCode;
         match self {
-            DbError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
-                failure.code,
-                ErrorCode::DatabaseBusy
-                    | ErrorCode::DatabaseLocked
-                    | ErrorCode::DiskFull
-                    | ErrorCode::SystemIoFailure
-                    | ErrorCode::CannotOpen
-                    | ErrorCode::ReadOnly
-                    | ErrorCode::OutOfMemory
-            ),
-            DbError::Sqlite(_) => false,
+            DbError::Sqlite(err) => super::writer::is_transient(err),
             DbError::Pool(_) | DbError::Open(_) => true,
             DbError::Postgres(err) => match err.code() {
                 // No SQLSTATE: the connection itself failed (refused, closed, timed out).

@@ -626,7 +626,7 @@ fn run(
 }
 
 /// Errors worth retrying: the database is busy or locked, the disk is full or failing.
-fn is_transient(err: &rusqlite::Error) -> bool {
+pub(crate) fn is_transient(err: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode;
     match err {
         rusqlite::Error::SqliteFailure(failure, _) => matches!(
